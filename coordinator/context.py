@@ -1,0 +1,56 @@
+"""What every part of the coordinator shares for one run."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from protocol.config import RunConfig
+from protocol.envs import Environment
+from protocol.identity import Identity
+
+from .blobs import BlobStore
+from .store import Store
+
+
+class ChangeFeed:
+    """Wakes every Watch stream when state changes; each stream has its own event."""
+
+    def __init__(self) -> None:
+        self._events: set[asyncio.Event] = set()
+
+    def notify(self) -> None:
+        for event in self._events:
+            event.set()
+
+    @contextlib.contextmanager
+    def subscribe(self):
+        event = asyncio.Event()
+        self._events.add(event)
+        try:
+            yield event
+        finally:
+            self._events.discard(event)
+
+
+@dataclass
+class RunContext:
+    config: RunConfig
+    store: Store
+    blobs: BlobStore
+    env: Environment
+    tokenizer: object  # a transformers tokenizer for the run's model
+    identity: Identity  # the coordinator key: signs manifests
+    vocab_size: int
+    changes: ChangeFeed = field(default_factory=ChangeFeed)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.config.sampling.max_new_tokens or self.env.max_new_tokens
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def notify(self) -> None:
+        self.changes.notify()

@@ -1,0 +1,156 @@
+"""Handing out work: rollout shards and eval shards to inference nodes, training shards to trainers.
+
+Rules:
+- eval of a published version (held-out split, greedy) comes before new rollouts;
+- rollouts are generated for the current version, and only while the pool plus the work in flight
+  is short of (1 + max_async_level) batches, so inference runs ahead of training but never piles
+  up rollouts that would go stale;
+- a training shard is one batch of pool groups no more than max_async_level versions old, leased to
+  one trainer per round; its groups go back to the pool if the lease expires or is returned.
+"""
+from __future__ import annotations
+
+import random
+import secrets
+
+from protocol.v1 import coordinator_pb2 as pb
+
+from .context import RunContext
+from .errors import denied, not_found, precondition
+from .store import Lease, now_ms, unpack_floats, unpack_ints
+
+NO_WORK_RETRY_MS = 500
+
+
+def expire_leases(ctx: RunContext) -> int:
+    """Close leases past their deadline; a training lease's groups return to the pool."""
+    expired = ctx.store.expired_leases(now_ms())
+    if not expired:
+        return 0
+    with ctx.store.tx():
+        for lease in expired:
+            release(ctx, lease, "expired")
+    ctx.notify()
+    return len(expired)
+
+
+def release(ctx: RunContext, lease: Lease, state: str) -> None:
+    """Inside a transaction: close a lease that did not finish, giving its work back."""
+    ctx.store.close_lease(lease.lease_id, state)
+    if lease.kind == "train":
+        ctx.store.set_groups_state(ctx.store.groups_of_train_lease(lease.lease_id), "pool")
+    ctx.store.event("lease", f"{lease.kind} lease {lease.lease_id[:8]} of {lease.node_id[-8:]} {state}")
+
+
+def _new_lease(ctx: RunContext, node_id: str, kind: str, version: int, spec: dict, seconds: float) -> Lease:
+    t = now_ms()
+    lease = Lease(secrets.token_hex(16), node_id, kind, version, spec, t, t + int(seconds * 1000), "active")
+    ctx.store.add_lease(lease)
+    return lease
+
+
+def _eval_due(ctx: RunContext) -> int | None:
+    every = ctx.config.eval.every
+    if every == 0:
+        return None
+    busy = {lease.version for lease in ctx.store.active_leases("eval")}
+    for row in ctx.store.versions():
+        if row["eval_accuracy"] is None and row["version"] % every == 0 and row["version"] not in busy:
+            return row["version"]
+    return None
+
+
+def _rollout_room(ctx: RunContext, version: int) -> int:
+    """How many more prompts may be leased for generation now."""
+    cfg = ctx.config.rollouts
+    pooled = len(ctx.store.pool_groups(version - cfg.max_async_level))
+    in_flight = sum(len(lease.spec["task_ids"]) for lease in ctx.store.active_leases("rollout"))
+    return cfg.batch_groups * (1 + cfg.max_async_level) - pooled - in_flight
+
+
+def lease_rollouts(ctx: RunContext, node_id: str, max_prompts: int) -> pb.RolloutLease:
+    expire_leases(ctx)
+    cfg = ctx.config
+    version = ctx.store.current_version()
+    limit = cfg.rollouts.prompts_per_shard if max_prompts == 0 else min(max_prompts, cfg.rollouts.prompts_per_shard)
+    with ctx.store.tx():
+        eval_version = _eval_due(ctx)
+        if eval_version is not None:
+            task_ids = ctx.env.eval_ids()
+            spec = {"task_ids": task_ids, "group_size": 1, "seed": 0, "greedy": True}
+            lease = _new_lease(ctx, node_id, "eval", eval_version, spec, cfg.rollouts.lease_seconds)
+        else:
+            room = min(limit, _rollout_room(ctx, version))
+            if room <= 0:
+                return pb.RolloutLease(has_work=False, retry_after_ms=NO_WORK_RETRY_MS)
+            counter = int(ctx.store.get_meta("shards_issued") or 0)
+            ctx.store.set_meta("shards_issued", str(counter + 1))
+            rng = random.Random(f"{cfg.seed}:shard:{counter}")
+            spec = {"task_ids": ctx.env.sample_train_ids(rng, room), "group_size": cfg.rollouts.group_size,
+                    "seed": rng.getrandbits(63), "greedy": False}
+            lease = _new_lease(ctx, node_id, "rollout", version, spec, cfg.rollouts.lease_seconds)
+        ctx.store.set_node_status(node_id, "evaluating" if lease.kind == "eval" else "generating")
+    ctx.notify()
+    return pb.RolloutLease(
+        has_work=True, lease_id=lease.lease_id, version=lease.version,
+        prompts=[pb.Prompt(task_id=t, text=ctx.env.task(t).prompt) for t in spec["task_ids"]],
+        group_size=spec["group_size"], seed=spec["seed"], deadline_ms=lease.deadline_ms,
+        eval=lease.kind == "eval",
+        sampling=pb.SamplingParams(temperature=cfg.sampling.temperature, max_new_tokens=ctx.max_new_tokens,
+                                   greedy=spec["greedy"]))
+
+
+def lease_training(ctx: RunContext, node_id: str) -> pb.TrainingLease:
+    expire_leases(ctx)
+    cfg = ctx.config
+    version = ctx.store.current_version()
+    with ctx.store.tx():
+        if ctx.store.active_leases("train"):
+            return pb.TrainingLease(has_work=False, retry_after_ms=NO_WORK_RETRY_MS)
+        oldest = version - cfg.rollouts.max_async_level
+        dropped = ctx.store.mark_stale(oldest)
+        if dropped:
+            ctx.store.event("pool", f"{dropped} groups older than version {oldest} dropped as stale")
+        pool = ctx.store.pool_groups(oldest)
+        if len(pool) < cfg.rollouts.batch_groups:
+            return pb.TrainingLease(has_work=False, retry_after_ms=NO_WORK_RETRY_MS)
+        group_ids = [row["group_id"] for row in pool[:cfg.rollouts.batch_groups]]
+        lease = _new_lease(ctx, node_id, "train", version, {"group_ids": group_ids}, cfg.grpo.lease_seconds)
+        ctx.store.set_groups_state(group_ids, "reserved", lease.lease_id)
+        ctx.store.set_node_status(node_id, "training")
+        samples = ctx.store.training_samples(group_ids)
+    ctx.notify()
+    return pb.TrainingLease(
+        has_work=True, lease_id=lease.lease_id, parent_version=version, deadline_ms=lease.deadline_ms,
+        samples=[pb.TrainingSample(rollout_id=s["rollout_id"], group_id=s["group_id"],
+                                   prompt_ids=unpack_ints(s["prompt_ids"]),
+                                   completion_ids=unpack_ints(s["completion_ids"]),
+                                   logprobs=unpack_floats(s["logprobs"]), reward=s["reward"],
+                                   version=s["version"]) for s in samples])
+
+
+def return_leases(ctx: RunContext, node_id: str) -> int:
+    leases = ctx.store.active_leases(node_id=node_id)
+    with ctx.store.tx():
+        for lease in leases:
+            release(ctx, lease, "returned")
+        ctx.store.set_node_status(node_id, "left")
+    ctx.notify()
+    return len(leases)
+
+
+def held_lease(ctx: RunContext, node_id: str, lease_id: str, kinds: tuple[str, ...]) -> Lease:
+    """The active, unexpired lease `lease_id` held by node_id, or the precise reason it is not."""
+    lease = ctx.store.lease(lease_id)
+    if lease is None or lease.kind not in kinds:
+        raise not_found("unknown_lease", f"no {'/'.join(kinds)} lease {lease_id[:40]!r}")
+    if lease.node_id != node_id:
+        raise denied("not_your_lease", f"lease {lease_id[:8]} belongs to another node")
+    if lease.state == "active" and lease.deadline_ms < now_ms():
+        expire_leases(ctx)
+        lease = ctx.store.lease(lease_id)
+    if lease.state == "expired":
+        raise precondition("lease_expired", f"lease {lease_id[:8]} expired at {lease.deadline_ms} ms (unix)")
+    if lease.state != "active":
+        raise precondition("lease_closed", f"lease {lease_id[:8]} is already {lease.state}")
+    return lease

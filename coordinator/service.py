@@ -1,0 +1,171 @@
+"""The gRPC service: authenticate each signed request, dispatch it, map errors to statuses.
+
+Checks, in order: the node id is well formed, the node is known (Register excepted), the signature
+verifies over the exact body bytes, the nonce is fresh, the body parses. Each failure is answered
+with its own status and a `potluck-reason` trailer; the server never drops a connection for it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from protocol.identity import public_key_of, verify
+from protocol.signing import signing_payload
+from protocol.v1 import coordinator_pb2 as pb
+from protocol.v1 import coordinator_pb2_grpc as pb_grpc
+
+from . import intake, publisher, scheduler
+from .context import RunContext
+from .errors import RpcError, denied, invalid, precondition, unauthenticated
+from .snapshot import RateMeter, build_snapshot
+from .store import now_ms
+
+log = logging.getLogger("potluck.coordinator")
+CHUNK_BYTES = 1 << 20
+WATCH_REFRESH_S = 2.0
+SOFTWARE_VERSION = "0.1.0"
+
+
+class CoordinatorService(pb_grpc.CoordinatorServicer):
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.meter = RateMeter()
+
+    async def _run(self, context: grpc.aio.ServicerContext, handler, *args):
+        try:
+            return handler(*args)
+        except RpcError as err:
+            await context.abort(err.code, err.message, trailing_metadata=(("potluck-reason", err.reason),))
+
+    def _authenticate(self, method: str, request: pb.SignedRequest, body_type: type[Message],
+                      register: bool = False) -> tuple[str, Message]:
+        node_id = request.node_id
+        try:
+            key = public_key_of(node_id)
+        except ValueError as exc:
+            raise invalid("bad_node_id", str(exc)) from None
+        row = self.ctx.store.node(node_id)
+        if row is None and not register:
+            raise precondition("unknown_node", f"node {node_id} is not registered; call Register first")
+        if not verify(key, signing_payload(method, node_id, request.nonce, request.body), request.signature):
+            raise unauthenticated("bad_signature", f"signature does not verify for node {node_id}")
+        if row is not None and not self.ctx.store.claim_nonce(node_id, request.nonce):
+            raise unauthenticated("replayed_nonce", f"nonce {request.nonce} is not greater than the last one "
+                                                    f"seen from {node_id} (replayed or stale request)")
+        body = body_type()
+        try:
+            body.ParseFromString(request.body)
+        except DecodeError as exc:
+            raise invalid("malformed_body", f"{method} body does not parse as {body_type.__name__}: {exc}") from None
+        return node_id, body
+
+    def _role(self, node_id: str, role: int) -> None:
+        if self.ctx.store.node(node_id)["role"] != role:
+            raise denied("wrong_role", f"node {node_id} does not hold the {pb.Role.Name(role)} role")
+
+    # --- signed, state-changing calls ---
+
+    def _register(self, request: pb.SignedRequest) -> pb.RegisterReply:
+        node_id, body = self._authenticate("Register", request, pb.RegisterBody, register=True)
+        if body.public_key != public_key_of(node_id):
+            raise invalid("key_mismatch", "body.public_key is not the key of node_id")
+        role = body.role
+        if role == pb.ROLE_UNSPECIFIED:
+            trainers = [n for n in self.ctx.store.nodes() if n["role"] == pb.ROLE_TRAINER and n["state"] != "left"]
+            role = pb.ROLE_INFERENCE if trainers else pb.ROLE_TRAINER
+        if role == pb.ROLE_VALIDATOR:
+            raise denied("role_unavailable", "this coordinator has no validator role yet")
+        name = body.name[:64] or node_id[-8:]
+        with self.ctx.store.tx():
+            fresh = self.ctx.store.node(node_id) is None
+            self.ctx.store.upsert_node(node_id, body.public_key, name, role, body.hardware.SerializeToString())
+            self.ctx.store.claim_nonce(node_id, request.nonce)
+            self.ctx.store.event("join", f"{name} ({node_id[-8:]}) {'joined' if fresh else 'rejoined'} "
+                                         f"as {pb.Role.Name(role)[5:].lower()}")
+        self.ctx.notify()
+        return pb.RegisterReply(
+            node_id=node_id, role=role, run_name=self.ctx.config.name,
+            run_config_json=self.ctx.config.model_dump_json(), coordinator_public_key=self.ctx.identity.public_key,
+            heartbeat_interval_ms=int(self.ctx.config.heartbeat_seconds * 1000), server_time_ms=now_ms(),
+            current_version=self.ctx.store.current_version())
+
+    def _heartbeat(self, request: pb.SignedRequest) -> pb.HeartbeatReply:
+        node_id, body = self._authenticate("Heartbeat", request, pb.HeartbeatBody)
+        self.ctx.store.set_node_status(node_id, body.state[:32] or "idle", max(0.0, body.tokens_per_s))
+        return pb.HeartbeatReply(current_version=self.ctx.store.current_version(), server_time_ms=now_ms())
+
+    def _lease_rollouts(self, request: pb.SignedRequest) -> pb.RolloutLease:
+        node_id, body = self._authenticate("LeaseRollouts", request, pb.LeaseRolloutsBody)
+        self._role(node_id, pb.ROLE_INFERENCE)
+        return scheduler.lease_rollouts(self.ctx, node_id, body.max_prompts)
+
+    def _submit_rollouts(self, request: pb.SignedRequest) -> pb.SubmitRolloutsReply:
+        node_id, body = self._authenticate("SubmitRollouts", request, pb.SubmitRolloutsBody)
+        return intake.submit_rollouts(self.ctx, node_id, body)
+
+    def _lease_training(self, request: pb.SignedRequest) -> pb.TrainingLease:
+        node_id, _ = self._authenticate("LeaseTraining", request, pb.LeaseTrainingBody)
+        self._role(node_id, pb.ROLE_TRAINER)
+        return scheduler.lease_training(self.ctx, node_id)
+
+    def _submit_training(self, request: pb.SignedRequest) -> pb.SubmitTrainingReply:
+        node_id, body = self._authenticate("SubmitTraining", request, pb.SubmitTrainingBody)
+        return publisher.submit_training(self.ctx, node_id, body)
+
+    def _return_leases(self, request: pb.SignedRequest) -> pb.ReturnLeasesReply:
+        node_id, _ = self._authenticate("ReturnLeases", request, pb.ReturnLeasesBody)
+        return pb.ReturnLeasesReply(returned=scheduler.return_leases(self.ctx, node_id))
+
+    async def Register(self, request, context):
+        return await self._run(context, self._register, request)
+
+    async def Heartbeat(self, request, context):
+        return await self._run(context, self._heartbeat, request)
+
+    async def LeaseRollouts(self, request, context):
+        return await self._run(context, self._lease_rollouts, request)
+
+    async def SubmitRollouts(self, request, context):
+        return await self._run(context, self._submit_rollouts, request)
+
+    async def LeaseTraining(self, request, context):
+        return await self._run(context, self._lease_training, request)
+
+    async def SubmitTraining(self, request, context):
+        return await self._run(context, self._submit_training, request)
+
+    async def ReturnLeases(self, request, context):
+        return await self._run(context, self._return_leases, request)
+
+    # --- read-only calls ---
+
+    async def GetVersion(self, request, context):
+        return await self._run(context, publisher.manifest, self.ctx, request)
+
+    async def FetchVersion(self, request, context):
+        row = self.ctx.store.version(request.version)
+        if row is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no version {request.version}",
+                                trailing_metadata=(("potluck-reason", "unknown_version"),))
+        if request.offset > row["size"]:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} > size {row['size']}",
+                                trailing_metadata=(("potluck-reason", "bad_offset"),))
+        offset = request.offset
+        while offset < row["size"]:
+            data = self.ctx.blobs.read(row["sha256"], offset, CHUNK_BYTES)
+            yield pb.Chunk(offset=offset, data=data, total_size=row["size"])
+            offset += len(data)
+
+    async def Watch(self, request, context):
+        with self.ctx.changes.subscribe() as changed:
+            while True:
+                changed.clear()
+                yield build_snapshot(self.ctx, self.meter)
+                try:
+                    await asyncio.wait_for(changed.wait(), WATCH_REFRESH_S)
+                except asyncio.TimeoutError:
+                    pass
+                await asyncio.sleep(0.2)  # coalesce bursts of changes into one snapshot

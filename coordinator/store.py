@@ -1,0 +1,255 @@
+"""The coordinator's durable state in SQLite (WAL): nodes, leases, rollout groups, versions, events.
+
+Every change is one transaction that commits before the RPC that caused it is answered, so a
+`kill -9` loses nothing that was acknowledged.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY, public_key BLOB NOT NULL, name TEXT NOT NULL, role INTEGER NOT NULL,
+    hardware BLOB NOT NULL, registered_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+    last_nonce INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'registered',
+    tokens_per_s REAL NOT NULL DEFAULT 0, credit REAL NOT NULL DEFAULT 0,
+    rollouts_accepted INTEGER NOT NULL DEFAULT 0, rollouts_rejected INTEGER NOT NULL DEFAULT 0,
+    tokens_generated INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS leases (
+    lease_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
+    spec TEXT NOT NULL, created_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
+    state TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS leases_by_state ON leases (state, kind);
+CREATE TABLE IF NOT EXISTS groups (
+    group_id INTEGER PRIMARY KEY AUTOINCREMENT, lease_id TEXT NOT NULL, node_id TEXT NOT NULL,
+    version INTEGER NOT NULL, task_id INTEGER NOT NULL, prompt_ids BLOB NOT NULL,
+    reward_mean REAL NOT NULL, reward_std REAL NOT NULL,
+    state TEXT NOT NULL, train_lease TEXT, created_ms INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS groups_by_state ON groups (state, version);
+CREATE TABLE IF NOT EXISTS rollouts (
+    rollout_id INTEGER PRIMARY KEY AUTOINCREMENT, group_id INTEGER NOT NULL, sample_index INTEGER NOT NULL,
+    completion_ids BLOB NOT NULL, logprobs BLOB NOT NULL, reward REAL NOT NULL, finished INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS rollouts_by_group ON rollouts (group_id);
+CREATE TABLE IF NOT EXISTS versions (
+    version INTEGER PRIMARY KEY, parent INTEGER, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    manifest TEXT NOT NULL, signature BLOB NOT NULL, created_ms INTEGER NOT NULL, trainer TEXT NOT NULL,
+    rollouts_used INTEGER NOT NULL DEFAULT 0, eval_accuracy REAL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL);
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def pack_ints(values) -> bytes:
+    return np.asarray(values, dtype="<u4").tobytes()
+
+
+def pack_floats(values) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def unpack_ints(blob: bytes) -> list[int]:
+    return np.frombuffer(blob, dtype="<u4").tolist()
+
+
+def unpack_floats(blob: bytes) -> list[float]:
+    return np.frombuffer(blob, dtype="<f4").tolist()
+
+
+@dataclass(frozen=True)
+class Lease:
+    lease_id: str
+    node_id: str
+    kind: str  # rollout | eval | train
+    version: int
+    spec: dict
+    created_ms: int
+    deadline_ms: int
+    state: str  # active | done | expired | returned
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode is durable against a killed process (only an OS crash can lose the
+        # last transactions), which is the failure a coordinator must survive without loss.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # meta
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row["value"] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # nodes
+    def node(self, node_id: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM nodes WHERE node_id=?", (node_id,)).fetchone()
+
+    def nodes(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM nodes ORDER BY registered_ms").fetchall()
+
+    def upsert_node(self, node_id: str, public_key: bytes, name: str, role: int, hardware: bytes) -> None:
+        t = now_ms()
+        self.db.execute(
+            "INSERT INTO nodes (node_id, public_key, name, role, hardware, registered_ms, last_seen_ms, last_nonce)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT(node_id) DO UPDATE SET"
+            " name=excluded.name, role=excluded.role, hardware=excluded.hardware,"
+            " last_seen_ms=excluded.last_seen_ms, state='registered'",
+            (node_id, public_key, name, role, hardware, t, t))
+
+    def claim_nonce(self, node_id: str, nonce: int) -> bool:
+        """Record nonce as the node's last one if it is greater than the last; False if not (a replay)."""
+        cursor = self.db.execute(
+            "UPDATE nodes SET last_nonce=?, last_seen_ms=? WHERE node_id=? AND last_nonce < ?",
+            (nonce, now_ms(), node_id, nonce))
+        return cursor.rowcount == 1
+
+    def set_node_status(self, node_id: str, state: str, tokens_per_s: float | None = None) -> None:
+        if tokens_per_s is None:
+            self.db.execute("UPDATE nodes SET state=? WHERE node_id=?", (state, node_id))
+        else:
+            self.db.execute("UPDATE nodes SET state=?, tokens_per_s=? WHERE node_id=?",
+                            (state, tokens_per_s, node_id))
+
+    def credit(self, node_id: str, amount: float, accepted: int = 0, rejected: int = 0, tokens: int = 0) -> float:
+        self.db.execute(
+            "UPDATE nodes SET credit=credit+?, rollouts_accepted=rollouts_accepted+?,"
+            " rollouts_rejected=rollouts_rejected+?, tokens_generated=tokens_generated+? WHERE node_id=?",
+            (amount, accepted, rejected, tokens, node_id))
+        return self.db.execute("SELECT credit FROM nodes WHERE node_id=?", (node_id,)).fetchone()["credit"]
+
+    # leases
+    @staticmethod
+    def _lease(row: sqlite3.Row | None) -> Lease | None:
+        if row is None:
+            return None
+        return Lease(row["lease_id"], row["node_id"], row["kind"], row["version"], json.loads(row["spec"]),
+                     row["created_ms"], row["deadline_ms"], row["state"])
+
+    def add_lease(self, lease: Lease) -> None:
+        self.db.execute("INSERT INTO leases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (lease.lease_id, lease.node_id, lease.kind, lease.version, json.dumps(lease.spec),
+                         lease.created_ms, lease.deadline_ms, lease.state))
+
+    def lease(self, lease_id: str) -> Lease | None:
+        return self._lease(self.db.execute("SELECT * FROM leases WHERE lease_id=?", (lease_id,)).fetchone())
+
+    def active_leases(self, kind: str | None = None, node_id: str | None = None) -> list[Lease]:
+        query, args = "SELECT * FROM leases WHERE state='active'", []
+        if kind is not None:
+            query, args = query + " AND kind=?", args + [kind]
+        if node_id is not None:
+            query, args = query + " AND node_id=?", args + [node_id]
+        return [self._lease(r) for r in self.db.execute(query, args).fetchall()]
+
+    def close_lease(self, lease_id: str, state: str) -> None:
+        self.db.execute("UPDATE leases SET state=? WHERE lease_id=?", (state, lease_id))
+
+    def expired_leases(self, t: int) -> list[Lease]:
+        rows = self.db.execute("SELECT * FROM leases WHERE state='active' AND deadline_ms < ?", (t,)).fetchall()
+        return [self._lease(r) for r in rows]
+
+    # rollout groups
+    def add_group(self, lease_id: str, node_id: str, version: int, task_id: int, prompt_ids: list[int],
+                  rollouts: list[tuple[int, list[int], list[float], float, bool]], state: str) -> None:
+        rewards = np.array([r[3] for r in rollouts], dtype=np.float64)
+        cursor = self.db.execute(
+            "INSERT INTO groups (lease_id, node_id, version, task_id, prompt_ids, reward_mean, reward_std,"
+            " state, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (lease_id, node_id, version, task_id, pack_ints(prompt_ids), float(rewards.mean()),
+             float(rewards.std()), state, now_ms()))
+        self.db.executemany(
+            "INSERT INTO rollouts (group_id, sample_index, completion_ids, logprobs, reward, finished)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(cursor.lastrowid, index, pack_ints(ids), pack_floats(lps), reward, int(finished))
+             for index, ids, lps, reward, finished in rollouts])
+
+    def pool_groups(self, min_version: int) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT group_id, version, reward_mean FROM groups WHERE state='pool'"
+                               " AND version >= ? ORDER BY version, group_id", (min_version,)).fetchall()
+
+    def set_groups_state(self, group_ids: list[int], state: str, train_lease: str | None = None) -> None:
+        self.db.executemany("UPDATE groups SET state=?, train_lease=? WHERE group_id=?",
+                            [(state, train_lease, g) for g in group_ids])
+
+    def groups_of_train_lease(self, lease_id: str) -> list[int]:
+        rows = self.db.execute("SELECT group_id FROM groups WHERE train_lease=?", (lease_id,)).fetchall()
+        return [r["group_id"] for r in rows]
+
+    def mark_stale(self, below_version: int) -> int:
+        return self.db.execute("UPDATE groups SET state='stale' WHERE state='pool' AND version < ?",
+                               (below_version,)).rowcount
+
+    def training_samples(self, group_ids: list[int]) -> list[sqlite3.Row]:
+        marks = ",".join("?" * len(group_ids))
+        return self.db.execute(
+            f"SELECT r.rollout_id, r.group_id, g.prompt_ids, r.completion_ids, r.logprobs, r.reward, g.version"
+            f" FROM rollouts r JOIN groups g USING (group_id) WHERE g.group_id IN ({marks})"
+            f" ORDER BY r.group_id, r.sample_index", group_ids).fetchall()
+
+    def rewards_by_version(self) -> dict[int, tuple[float, int]]:
+        """version -> (mean reward, rollouts) over every accepted training rollout it generated."""
+        rows = self.db.execute(
+            "SELECT g.version, AVG(r.reward) AS mean, COUNT(*) AS n FROM rollouts r JOIN groups g USING (group_id)"
+            " GROUP BY g.version").fetchall()
+        return {r["version"]: (r["mean"], r["n"]) for r in rows}
+
+    # versions
+    def add_version(self, version: int, parent: int | None, sha256: str, size: int, manifest: str,
+                    signature: bytes, trainer: str, rollouts_used: int) -> None:
+        self.db.execute(
+            "INSERT INTO versions (version, parent, sha256, size, manifest, signature, created_ms, trainer,"
+            " rollouts_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (version, parent, sha256, size, manifest, signature, now_ms(), trainer, rollouts_used))
+
+    def version(self, version: int) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM versions WHERE version=?", (version,)).fetchone()
+
+    def versions(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM versions ORDER BY version").fetchall()
+
+    def current_version(self) -> int:
+        row = self.db.execute("SELECT MAX(version) AS v FROM versions").fetchone()
+        return -1 if row["v"] is None else row["v"]
+
+    def set_eval(self, version: int, accuracy: float) -> None:
+        self.db.execute("UPDATE versions SET eval_accuracy=? WHERE version=?", (accuracy, version))
+
+    # events
+    def event(self, kind: str, text: str) -> None:
+        self.db.execute("INSERT INTO events (time_ms, kind, text) VALUES (?, ?, ?)", (now_ms(), kind, text))
+
+    def recent_events(self, limit: int) -> list[sqlite3.Row]:
+        rows = self.db.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return rows[::-1]

@@ -1,0 +1,108 @@
+"""`potluck node join`: identity, registration, the role's work loop, heartbeats, a clean exit."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+import torch
+
+from protocol.config import RunConfig
+from protocol.envs import make_environment
+from protocol.identity import Identity
+from protocol.policy import load_policy, load_tokenizer
+from protocol.v1 import coordinator_pb2 as pb
+
+from .client import CoordinatorClient, error_reason
+from .hardware import pick_device, probe
+from .inference.worker import InferenceWorker
+from .trainer.worker import TrainerWorker
+from .versions import VersionLoader
+
+log = logging.getLogger("potluck.node")
+SOFTWARE_VERSION = "0.1.0"
+ROLES = {"auto": pb.ROLE_UNSPECIFIED, "inference": pb.ROLE_INFERENCE, "trainer": pb.ROLE_TRAINER}
+
+
+async def _heartbeats(client: CoordinatorClient, worker, loader: VersionLoader, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await client.call("Heartbeat", pb.HeartbeatBody(
+                state=worker.state, tokens_per_s=worker.throughput.tokens_per_s,
+                holding_version=loader.version or 0), timeout=10)
+        except grpc.aio.AioRpcError as err:
+            log.warning("heartbeat failed: %s", err.details())
+
+
+async def _register(client: CoordinatorClient, identity: Identity, role: int, hardware: pb.Hardware,
+                    name: str) -> pb.RegisterReply:
+    return await client.call("Register", pb.RegisterBody(public_key=identity.public_key, role=role,
+                                                         hardware=hardware, software_version=SOFTWARE_VERSION,
+                                                         name=name))
+
+
+async def join(address: str, role: str, device: str, home: Path, name: str) -> int:
+    identity = Identity.load_or_create(home / "identity.key")
+    device = pick_device(device)
+    hardware = probe(device, home)
+    client = CoordinatorClient(address, identity)
+    reply = await _register(client, identity, ROLES[role], hardware, name)
+    config = RunConfig.model_validate_json(reply.run_config_json)
+    log.info("joined run %r at %s as node %s, role %s", reply.run_name, address, identity.node_id,
+             pb.Role.Name(reply.role)[5:].lower())
+
+    model = load_policy(config, device)
+    tokenizer = load_tokenizer(config.model.name)
+    loader = VersionLoader(client, reply.coordinator_public_key, home / "versions", model)
+    if reply.role == pb.ROLE_TRAINER:
+        worker = TrainerWorker(client, loader, config, tokenizer.pad_token_id)
+    else:
+        worker = InferenceWorker(client, loader, tokenizer,
+                                 make_environment(config.environment.name, config.environment.params))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    heartbeat = asyncio.create_task(_heartbeats(client, worker, loader, reply.heartbeat_interval_ms / 1000))
+    try:
+        while not stop.is_set():
+            work = asyncio.create_task(_work_once(client, worker, identity, ROLES[role], hardware, name))
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not work.done():
+                work.cancel()
+            elif work.exception() is not None:
+                raise work.exception()
+    finally:
+        heartbeat.cancel()
+        try:
+            returned = await client.call("ReturnLeases", pb.ReturnLeasesBody(reason="node leaving"), timeout=5,
+                                         retry=False)
+            log.info("left the run; returned %d lease(s)", returned.returned)
+        except grpc.aio.AioRpcError as err:
+            log.warning("could not return leases: %s", err.details())
+        await client.close()
+    return 0
+
+
+async def _work_once(client, worker, identity, role, hardware, name) -> None:
+    try:
+        await worker.step()
+    except grpc.aio.AioRpcError as err:
+        reason = error_reason(err)
+        if reason == "unknown_node":  # the coordinator lost us (a fresh data dir): register again
+            await _register(client, identity, role, hardware, name)
+        elif reason in ("lease_expired", "lease_closed", "superseded", "unknown_lease"):
+            log.warning("work dropped: %s", err.details())
+        else:
+            raise
+
+
+def configure_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)

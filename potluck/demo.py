@@ -1,0 +1,156 @@
+"""`potluck demo`: a whole swarm on this machine — a coordinator, inference nodes and a trainer as
+separate processes on loopback — learning arithmetic with the tiny built-in model.
+
+It follows the run through the coordinator's Watch stream (the same one a TUI uses), prints one line
+per version, stops every process cleanly (also on Ctrl-C), and with --json ends with one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from protocol.v1 import coordinator_pb2 as pb
+from protocol.v1 import coordinator_pb2_grpc as pb_grpc
+
+ADDRESS_FILE = "coordinator.addr"
+START_TIMEOUT_S = 180.0
+STOP_GRACE_S = 15.0
+
+
+def add_commands(subparsers) -> None:
+    demo = subparsers.add_parser("demo", help="run a whole swarm on this machine")
+    demo.add_argument("--run", default="demo", help="run file or preset (default: demo)")
+    demo.add_argument("--minutes", type=float, default=5.0, help="training time before stopping")
+    demo.add_argument("--outer-steps", type=int, default=0, help="stop after this many versions (0: by time)")
+    demo.add_argument("--inference", type=int, default=2, help="inference nodes")
+    demo.add_argument("--trainers", type=int, default=1, help="trainer nodes")
+    demo.add_argument("--data", type=Path, default=None, help="keep state and logs here (default: a temp dir)")
+    demo.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    demo.set_defaults(handler=_demo)
+
+
+@dataclass
+class Swarm:
+    root: Path
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.root / "logs" / f"{name}.log", "wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # A session of its own, so a terminal's Ctrl-C reaches only the demo, which then stops the
+        # nodes first (they return their leases) and the coordinator last.
+        proc = subprocess.Popen([sys.executable, "-m", "potluck", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        nodes = [p for name, p in self.procs if name != "coordinator"]
+        coordinator = [p for name, p in self.procs if name == "coordinator"]
+        for group in (nodes, coordinator):
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+            for proc in group:
+                try:
+                    proc.wait(STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def wait_for_address(data_dir: Path, coordinator: subprocess.Popen) -> str:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    path = data_dir / ADDRESS_FILE
+    while time.monotonic() < deadline:
+        if path.exists():
+            return path.read_text().strip()
+        if coordinator.poll() is not None:
+            raise RuntimeError(f"coordinator exited with code {coordinator.returncode}")
+        time.sleep(0.1)
+    raise TimeoutError("coordinator did not start in time")
+
+
+def summary(snapshot: pb.SwarmSnapshot, wall_s: float) -> dict:
+    evaluated = [v for v in snapshot.versions if v.has_eval]
+    rewarded = [v for v in snapshot.versions if v.rollouts_generated]
+    return {
+        "outer_steps": snapshot.current_version,
+        "versions": len(snapshot.versions),
+        "eval_accuracy_first": evaluated[0].eval_accuracy if evaluated else None,
+        "eval_accuracy_last": evaluated[-1].eval_accuracy if evaluated else None,
+        "eval_version_last": evaluated[-1].version if evaluated else None,
+        "reward_first": rewarded[0].reward_mean if rewarded else None,
+        "reward_last": rewarded[-1].reward_mean if rewarded else None,
+        "rollouts_accepted": snapshot.rollouts_accepted,
+        "rollouts_rejected": snapshot.rollouts_rejected,
+        "wall_s": round(wall_s, 1),
+    }
+
+
+def _line(v: pb.VersionInfo) -> str:
+    eval_text = f"eval {v.eval_accuracy:.3f}" if v.has_eval else "eval  ...."
+    return f"  v{v.version:<4} reward {v.reward_mean:.3f}  {eval_text}  ({v.rollouts_generated} rollouts)"
+
+
+async def follow(address: str, minutes: float, outer_steps: int, out) -> pb.SwarmSnapshot:
+    """Print progress from the Watch stream until the budget is spent and the last version is evaluated."""
+    deadline = time.monotonic() + minutes * 60
+    shown: dict[int, tuple[bool, int]] = {}
+    async with grpc.aio.insecure_channel(address) as channel:
+        async for snap in pb_grpc.CoordinatorStub(channel).Watch(pb.WatchRequest()):
+            for v in snap.versions:
+                key = (v.has_eval, v.rollouts_generated >= 1)
+                if shown.get(v.version) != key and (v.has_eval or v.version < snap.current_version):
+                    shown[v.version] = key
+                    print(_line(v), file=out, flush=True)
+            done_steps = outer_steps and snap.current_version >= outer_steps
+            if done_steps or time.monotonic() >= deadline:
+                latest = snap.versions[-1]
+                if latest.has_eval or time.monotonic() >= deadline + 60:
+                    return snap
+
+
+def _demo(args: argparse.Namespace) -> int:
+    out = sys.stderr if args.json else sys.stdout
+    root = args.data or Path(tempfile.mkdtemp(prefix="potluck-demo-"))
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    swarm = Swarm(root)
+    started = time.monotonic()
+    print(f"potluck demo: state and logs in {root}", file=out, flush=True)
+    try:
+        (root / "coordinator" / ADDRESS_FILE).unlink(missing_ok=True)  # from a killed earlier run
+        coordinator = swarm.spawn("coordinator", "coordinator", "serve", "--run", args.run,
+                                  "--listen", "127.0.0.1:0", "--data", str(root / "coordinator"))
+        address = wait_for_address(root / "coordinator", coordinator)
+        print(f"coordinator on {address}; starting {args.inference} inference node(s) and "
+              f"{args.trainers} trainer(s)", file=out, flush=True)
+        for role, count in (("inference", args.inference), ("trainer", args.trainers)):
+            for i in range(count):
+                swarm.spawn(f"{role}-{i}", "node", "join", "--coordinator", address, "--role", role,
+                            "--home", str(root / f"{role}-{i}"), "--name", f"{role}-{i}", "--threads", "1")
+        snapshot = asyncio.run(follow(address, args.minutes, args.outer_steps, out))
+    except KeyboardInterrupt:
+        print("interrupted; stopping the swarm", file=out, flush=True)
+        swarm.stop()
+        return 130
+    finally:
+        swarm.stop()
+    result = summary(snapshot, time.monotonic() - started)
+    gain = (result["eval_accuracy_last"] or 0) - (result["eval_accuracy_first"] or 0)
+    print(f"done: {result['outer_steps']} outer steps, held-out accuracy {result['eval_accuracy_first']:.3f} -> "
+          f"{result['eval_accuracy_last']:.3f} ({gain:+.3f}) in {result['wall_s']:.0f}s", file=out, flush=True)
+    if args.json:
+        print(json.dumps(result))
+    return 0

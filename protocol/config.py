@@ -1,0 +1,114 @@
+"""The run config: one TOML file defines a run. Validated with pydantic; unknown keys are errors.
+
+The coordinator sends the whole config to every node at registration, so both sides read the same
+numbers from the same schema.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    name: str = "potluck/tiny-arith"  # a built-in model, a Hugging Face id or a local directory
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class EnvironmentConfig(_Strict):
+    name: str = "arithmetic"
+    params: dict[str, int | float | str | bool] = Field(default_factory=dict)
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(1.0, gt=0.0, le=10.0)
+    max_new_tokens: int | None = Field(None, ge=1, le=32768)  # None: the environment's limit
+
+
+class RolloutConfig(_Strict):
+    group_size: int = Field(8, ge=2, le=256)
+    prompts_per_shard: int = Field(16, ge=1, le=4096)
+    batch_groups: int = Field(32, ge=1, le=65536)  # groups (prompts) per outer step
+    max_async_level: int = Field(1, ge=0, le=8)  # how many versions rollouts may lag the trainer
+    skip_zero_variance_groups: bool = True  # such groups carry no GRPO signal
+    lease_seconds: float = Field(60.0, gt=0, le=86400)
+
+
+class LoraConfig(_Strict):
+    rank: int = Field(16, ge=1, le=1024)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                       "down_proj")
+
+
+class GrpoConfig(_Strict):
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    inner_steps: int = Field(2, ge=1, le=10000)  # H: local AdamW steps per outer step
+    clip_low: float = Field(0.2, ge=0.0, lt=1.0)
+    clip_high: float = Field(0.28, ge=0.0, le=10.0)
+    normalize_std: bool = True
+    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    lease_seconds: float = Field(600.0, gt=0, le=86400)
+
+
+class DilocoConfig(_Strict):
+    """Outer step over the pseudo-gradient theta_v - theta_local. lr 1, momentum 0 is plain
+    continued training; DiLoCo's usual values are lr 0.7, momentum 0.9 with Nesterov."""
+    outer_lr: float = Field(1.0, gt=0.0, le=10.0)
+    outer_momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    nesterov: bool = True
+
+
+class EvalConfig(_Strict):
+    every: int = Field(1, ge=0, le=1_000_000)  # evaluate every Nth version; 0: never
+
+
+class RunConfig(_Strict):
+    name: str = Field("potluck-run", min_length=1, max_length=128)
+    seed: int = Field(0, ge=0, lt=2**63)
+    heartbeat_seconds: float = Field(5.0, gt=0, le=3600)
+    model: ModelConfig = ModelConfig()
+    environment: EnvironmentConfig = EnvironmentConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    rollouts: RolloutConfig = RolloutConfig()
+    lora: LoraConfig = LoraConfig()
+    grpo: GrpoConfig = GrpoConfig()
+    diloco: DilocoConfig = DilocoConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _shards_fit_batch(self) -> "RunConfig":
+        if self.rollouts.prompts_per_shard > self.rollouts.batch_groups:
+            raise ValueError("rollouts.prompts_per_shard must not exceed rollouts.batch_groups")
+        return self
+
+
+def parse_run_config(text: str) -> RunConfig:
+    return RunConfig.model_validate(tomllib.loads(text))
+
+
+def load_run_config(name_or_path: str) -> RunConfig:
+    """A preset name (`demo`, `test`) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if not path.exists():
+        preset = PRESETS_DIR / f"{name_or_path}.toml"
+        if not preset.exists():
+            presets = sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+            raise FileNotFoundError(f"no run file {name_or_path!r} and no such preset; presets: {presets}")
+        path = preset
+    return parse_run_config(path.read_text())

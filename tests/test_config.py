@@ -1,0 +1,26 @@
+import pytest
+from pydantic import ValidationError
+
+from protocol.config import load_run_config, parse_run_config
+
+
+@pytest.mark.parametrize("preset", ["demo", "test"])
+def test_presets_load(preset):
+    config = load_run_config(preset)
+    assert config.rollouts.prompts_per_shard <= config.rollouts.batch_groups
+
+
+def test_unknown_keys_and_bad_values_are_errors():
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        parse_run_config("[grpo]\nlearning_rate = 0.1\n")
+    with pytest.raises(ValidationError, match="group_size"):
+        parse_run_config("[rollouts]\ngroup_size = 1\n")
+    with pytest.raises(ValidationError, match="temperature"):
+        parse_run_config("[sampling]\ntemperature = -1.0\n")
+    with pytest.raises(FileNotFoundError, match="presets"):
+        load_run_config("no-such-run")
+
+
+def test_config_round_trips_through_json():
+    config = load_run_config("demo")
+    assert type(config).model_validate_json(config.model_dump_json()) == config

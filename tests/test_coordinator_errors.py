@@ -1,0 +1,174 @@
+"""Hostile and broken requests against a real coordinator process: each gets a precise status and
+reason, and the coordinator keeps serving."""
+import time
+
+import grpc
+import pytest
+
+from protocol.config import PRESETS_DIR
+from protocol.identity import Identity
+from protocol.signing import NonceClock, sign_request, signing_payload
+from protocol.v1 import coordinator_pb2 as pb
+from protocol.v1 import coordinator_pb2_grpc as pb_grpc
+from tests.procs import Coordinator
+
+LEASE_SECONDS = 2.0
+EOS = 2  # the tiny model's EOS id
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("errors")
+    run = tmp / "run.toml"
+    run.write_text((PRESETS_DIR / "test.toml").read_text().replace("lease_seconds = 60",
+                                                                    f"lease_seconds = {LEASE_SECONDS}"))
+    proc = Coordinator(str(run), tmp / "data", tmp)
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+@pytest.fixture
+def stub(coordinator):
+    with grpc.insecure_channel(coordinator.address) as channel:
+        yield pb_grpc.CoordinatorStub(channel)
+
+
+class Node:
+    def __init__(self, stub, role=pb.ROLE_INFERENCE):
+        self.stub, self.identity, self.clock = stub, Identity.generate(), NonceClock()
+        self.register_reply = self.call("Register", pb.RegisterBody(public_key=self.identity.public_key, role=role))
+
+    def sign(self, method, body):
+        return sign_request(self.identity, self.clock, method, body)
+
+    def call(self, method, body):
+        return getattr(self.stub, method)(self.sign(method, body))
+
+
+def refused(call, code, reason):
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    err = info.value
+    assert err.code() == code, err.details()
+    assert dict(err.trailing_metadata() or ()).get("potluck-reason") == reason, err.details()
+    return err
+
+
+def answer_all(lease, reward=0.0):
+    """A well-formed submission: every leased (prompt, sample) answered by an immediate EOS."""
+    return [pb.Rollout(task_id=p.task_id, sample_index=i, completion_ids=[EOS], logprobs=[-0.5], finished=True,
+                       reward=reward) for p in lease.prompts for i in range(lease.group_size)]
+
+
+def lease_shard(node):
+    """Lease until a training-rollout shard comes (the first lease may be an eval shard)."""
+    for _ in range(5):
+        lease = node.call("LeaseRollouts", pb.LeaseRolloutsBody())
+        assert lease.has_work
+        if not lease.eval:
+            return lease
+        node.call("SubmitRollouts", pb.SubmitRolloutsBody(lease_id=lease.lease_id, version=lease.version,
+                                                          rollouts=answer_all(lease)))
+    raise AssertionError("no rollout shard")
+
+
+def test_register_returns_the_run(stub):
+    node = Node(stub)
+    reply = node.register_reply
+    assert reply.node_id == node.identity.node_id and reply.role == pb.ROLE_INFERENCE
+    assert reply.current_version == 0 and len(reply.coordinator_public_key) == 32
+    assert '"group_size":4' in reply.run_config_json
+
+
+def test_bad_signature(stub):
+    node = Node(stub)
+    request = node.sign("Heartbeat", pb.HeartbeatBody(state="idle"))
+    request.signature = bytes(64)
+    refused(lambda: stub.Heartbeat(request), grpc.StatusCode.UNAUTHENTICATED, "bad_signature")
+    forged = node.sign("Heartbeat", pb.HeartbeatBody(state="idle"))
+    forged.node_id = Node(stub).identity.node_id  # another node's id on this node's signature
+    refused(lambda: stub.Heartbeat(forged), grpc.StatusCode.UNAUTHENTICATED, "bad_signature")
+    assert node.call("Heartbeat", pb.HeartbeatBody(state="idle")).current_version >= 0
+
+
+def test_unknown_node(stub):
+    stranger = Identity.generate()
+    request = sign_request(stranger, NonceClock(), "Heartbeat", pb.HeartbeatBody())
+    refused(lambda: stub.Heartbeat(request), grpc.StatusCode.FAILED_PRECONDITION, "unknown_node")
+    request.node_id = "not-a-peer-id"
+    refused(lambda: stub.Heartbeat(request), grpc.StatusCode.INVALID_ARGUMENT, "bad_node_id")
+
+
+def test_replayed_request(stub):
+    node = Node(stub)
+    request = node.sign("Heartbeat", pb.HeartbeatBody(state="idle"))
+    stub.Heartbeat(request)
+    refused(lambda: stub.Heartbeat(request), grpc.StatusCode.UNAUTHENTICATED, "replayed_nonce")
+
+
+def test_malformed_body(stub):
+    node = Node(stub)
+    request = node.sign("Heartbeat", pb.HeartbeatBody())
+    request.body = b"\xff\xff\xff"
+    request.signature = node.identity.sign(
+        signing_payload("Heartbeat", node.identity.node_id, request.nonce, request.body))
+    refused(lambda: stub.Heartbeat(request), grpc.StatusCode.INVALID_ARGUMENT, "malformed_body")
+
+
+def test_oversized_message_is_refused_and_service_continues(stub):
+    node = Node(stub)
+    huge = pb.SubmitTrainingBody(lease_id="x", blob=b"\x00" * (17 << 20))
+    with pytest.raises(grpc.RpcError) as info:
+        node.call("SubmitTraining", huge)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in info.value.details()
+    assert node.call("Heartbeat", pb.HeartbeatBody(state="idle")).current_version >= 0
+
+
+def test_expired_lease(stub):
+    node = Node(stub)
+    lease = lease_shard(node)
+    while time.time() * 1000 <= lease.deadline_ms:
+        time.sleep(0.05)
+    submit = pb.SubmitRolloutsBody(lease_id=lease.lease_id, version=lease.version, rollouts=answer_all(lease))
+    refused(lambda: node.call("SubmitRollouts", submit), grpc.StatusCode.FAILED_PRECONDITION, "lease_expired")
+
+
+def test_wrong_role_and_foreign_lease(stub):
+    node, other = Node(stub), Node(stub)
+    refused(lambda: node.call("LeaseTraining", pb.LeaseTrainingBody()), grpc.StatusCode.PERMISSION_DENIED,
+            "wrong_role")
+    lease = lease_shard(node)
+    submit = pb.SubmitRolloutsBody(lease_id=lease.lease_id, version=lease.version, rollouts=answer_all(lease))
+    refused(lambda: other.call("SubmitRollouts", submit), grpc.StatusCode.PERMISSION_DENIED, "not_your_lease")
+
+
+def test_malformed_rollouts_are_refused_and_wrong_rewards_rejected(stub):
+    node = Node(stub)
+    lease = lease_shard(node)
+
+    def submit(rollouts, version=lease.version):
+        return node.call("SubmitRollouts", pb.SubmitRolloutsBody(lease_id=lease.lease_id, version=version,
+                                                                 rollouts=rollouts))
+
+    good = answer_all(lease)
+    refused(lambda: submit(good[:-1]), grpc.StatusCode.INVALID_ARGUMENT, "wrong_rollouts")
+    refused(lambda: submit(good + good[:1]), grpc.StatusCode.INVALID_ARGUMENT, "duplicate_rollout")
+    refused(lambda: submit(good, version=lease.version + 7), grpc.StatusCode.INVALID_ARGUMENT, "wrong_version")
+    bad_token = [pb.Rollout(**{**_fields(r), "completion_ids": [10_000]}) if i == 0 else r for i, r in enumerate(good)]
+    refused(lambda: submit(bad_token), grpc.StatusCode.INVALID_ARGUMENT, "bad_token")
+    early = [pb.Rollout(**{**_fields(r), "completion_ids": [5], "finished": False}) if i == 0 else r
+             for i, r in enumerate(good)]
+    refused(lambda: submit(early), grpc.StatusCode.INVALID_ARGUMENT, "stopped_early")
+    # Well-formed, but the first group claims reward 1 for an empty answer: that group is rejected.
+    inflated = [pb.Rollout(**{**_fields(r), "reward": 1.0}) if r.task_id == lease.prompts[0].task_id else r
+                for r in good]
+    reply = submit(inflated)
+    assert reply.rejected == lease.group_size and reply.accepted == len(good) - lease.group_size
+    refused(lambda: submit(good), grpc.StatusCode.FAILED_PRECONDITION, "lease_closed")
+
+
+def _fields(rollout):
+    return {"task_id": rollout.task_id, "sample_index": rollout.sample_index,
+            "completion_ids": list(rollout.completion_ids), "logprobs": list(rollout.logprobs),
+            "finished": rollout.finished, "reward": rollout.reward}
