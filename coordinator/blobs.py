@@ -30,6 +30,12 @@ class BlobStore:
             os.replace(tmp, path)
         return digest
 
+    def has(self, digest: str) -> bool:
+        return self.path(digest).exists()
+
+    def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
     def size(self, digest: str) -> int:
         return self.path(digest).stat().st_size
 

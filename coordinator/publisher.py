@@ -23,6 +23,24 @@ def _publish(ctx: RunContext, version: int, parent: int | None, blob: bytes, tra
     ctx.store.event("version", f"version {version} published ({digest[:12]}, {len(blob)} bytes) by {trainer[-8:]}")
 
 
+def collect_garbage(ctx: RunContext) -> int:
+    """Delete blobs of versions that are neither among the last keep_last nor milestones, once no
+    live version shares their bytes. Returns how many blobs were deleted."""
+    rule = ctx.config.checkpoints
+    rows = ctx.store.versions()
+    newest = rows[-1]["version"]
+
+    def kept(version: int) -> bool:
+        return version > newest - rule.keep_last or version == 0 or (
+            rule.keep_every and version % rule.keep_every == 0)
+
+    live = {r["sha256"] for r in rows if kept(r["version"])}
+    doomed = {r["sha256"] for r in rows if not kept(r["version"]) and ctx.blobs.has(r["sha256"])} - live
+    for digest in doomed:
+        ctx.blobs.delete(digest)
+    return len(doomed)
+
+
 def publish_initial(ctx: RunContext, blob: bytes) -> None:
     with ctx.store.tx():
         _publish(ctx, 0, None, blob, COORDINATOR_TRAINER, 0)
@@ -56,6 +74,7 @@ def submit_training(ctx: RunContext, node_id: str, body: pb.SubmitTrainingBody) 
         ctx.store.close_lease(lease.lease_id, "done")
         credit = ctx.store.credit(node_id, float(samples))
         ctx.store.set_node_status(node_id, "idle")
+    collect_garbage(ctx)
     ctx.notify()
     return pb.SubmitTrainingReply(published_version=lease.version + 1, credit=credit)
 
@@ -65,4 +84,6 @@ def manifest(ctx: RunContext, request: pb.GetVersionRequest) -> pb.VersionManife
     row = ctx.store.version(version)
     if row is None:
         raise not_found("unknown_version", f"no version {version}; the latest is {ctx.store.current_version()}")
+    if not ctx.blobs.has(row["sha256"]):
+        raise not_found("collected_version", f"version {version}'s bytes were garbage-collected")
     return pb.VersionManifest(manifest_json=row["manifest"], signature=row["signature"])

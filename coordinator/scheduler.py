@@ -55,7 +55,8 @@ def _eval_due(ctx: RunContext) -> int | None:
         return None
     busy = {lease.version for lease in ctx.store.active_leases("eval")}
     for row in ctx.store.versions():
-        if row["eval_accuracy"] is None and row["version"] % every == 0 and row["version"] not in busy:
+        if (row["eval_accuracy"] is None and row["version"] % every == 0 and row["version"] not in busy
+                and ctx.blobs.has(row["sha256"])):
             return row["version"]
     return None
 

@@ -26,7 +26,6 @@ from .store import now_ms
 log = logging.getLogger("potluck.coordinator")
 CHUNK_BYTES = 1 << 20
 WATCH_REFRESH_S = 2.0
-SOFTWARE_VERSION = "0.1.0"
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
@@ -147,8 +146,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def FetchVersion(self, request, context):
         row = self.ctx.store.version(request.version)
-        if row is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no version {request.version}",
+        if row is None or not self.ctx.blobs.has(row["sha256"]):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no bytes for version {request.version}",
                                 trailing_metadata=(("potluck-reason", "unknown_version"),))
         if request.offset > row["size"]:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} > size {row['size']}",

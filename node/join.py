@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import torch
 
+from protocol import __version__
 from protocol.config import RunConfig
 from protocol.envs import make_environment
 from protocol.identity import Identity
@@ -22,7 +23,6 @@ from .trainer.worker import TrainerWorker
 from .versions import VersionLoader
 
 log = logging.getLogger("potluck.node")
-SOFTWARE_VERSION = "0.1.0"
 ROLES = {"auto": pb.ROLE_UNSPECIFIED, "inference": pb.ROLE_INFERENCE, "trainer": pb.ROLE_TRAINER}
 
 
@@ -40,7 +40,7 @@ async def _heartbeats(client: CoordinatorClient, worker, loader: VersionLoader, 
 async def _register(client: CoordinatorClient, identity: Identity, role: int, hardware: pb.Hardware,
                     name: str) -> pb.RegisterReply:
     return await client.call("Register", pb.RegisterBody(public_key=identity.public_key, role=role,
-                                                         hardware=hardware, software_version=SOFTWARE_VERSION,
+                                                         hardware=hardware, software_version=__version__,
                                                          name=name))
 
 

@@ -15,6 +15,7 @@ from protocol.v1 import coordinator_pb2 as pb
 from .client import CoordinatorClient
 
 log = logging.getLogger("potluck.node")
+CACHED_VERSIONS = 3  # a node only ever needs the version it works on and the next
 
 
 async def fetch_manifest(client: CoordinatorClient, coordinator_key: bytes, version: int) -> Manifest:
@@ -50,7 +51,14 @@ async def fetch_blob(client: CoordinatorClient, manifest: Manifest, cache_dir: P
         partial.unlink()
         raise ManifestError(f"version {manifest.version}: downloaded bytes do not match sha256 {manifest.sha256[:12]}")
     os.replace(partial, final)
+    _prune(cache_dir, keep=CACHED_VERSIONS)
     return data
+
+
+def _prune(cache_dir: Path, keep: int) -> None:
+    blobs = sorted((p for p in cache_dir.iterdir() if len(p.name) == 64), key=lambda p: p.stat().st_mtime)
+    for stale in blobs[:-keep]:
+        stale.unlink(missing_ok=True)
 
 
 class VersionLoader:

@@ -74,6 +74,13 @@ class DilocoConfig(_Strict):
     nesterov: bool = True
 
 
+class CheckpointConfig(_Strict):
+    """Which version blobs the coordinator keeps: the last `keep_last`, and every `keep_every`-th
+    as a milestone (0: none). Manifests of all versions are kept."""
+    keep_last: int = Field(8, ge=2, le=1_000_000)
+    keep_every: int = Field(50, ge=0, le=1_000_000)
+
+
 class EvalConfig(_Strict):
     every: int = Field(1, ge=0, le=1_000_000)  # evaluate every Nth version; 0: never
 
@@ -90,6 +97,7 @@ class RunConfig(_Strict):
     grpo: GrpoConfig = GrpoConfig()
     diloco: DilocoConfig = DilocoConfig()
     eval: EvalConfig = EvalConfig()
+    checkpoints: CheckpointConfig = CheckpointConfig()
 
     @model_validator(mode="after")
     def _shards_fit_batch(self) -> "RunConfig":

@@ -66,10 +66,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--digits", type=int, default=2, help="operand digits of the arithmetic task")
+    parser.add_argument("--eval-fraction", type=int, default=16, help="1 in N problems is held out")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--intermediate", type=int, default=512)
+    parser.add_argument("--intermediate", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--target", type=float, default=0.2, help="stop at the first eval at or above this")
@@ -81,7 +83,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
-    env = Arithmetic()
+    env = Arithmetic(digits=args.digits, eval_fraction=args.eval_fraction)
     tok = build_tokenizer()
     config = LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden, num_hidden_layers=args.layers,
                          num_attention_heads=args.heads, num_key_value_heads=args.heads,
@@ -112,7 +114,7 @@ def main() -> None:
     tok.save_pretrained(args.out)
     reloaded = LlamaForCausalLM.from_pretrained(args.out, dtype=torch.float32).eval()
     final = greedy_accuracy(reloaded, tok, env)
-    card = {"seed": args.seed, "steps": history[-1]["step"], "eval_accuracy_saved": final,
+    card = {"seed": args.seed, "digits": args.digits, "eval_fraction": args.eval_fraction, "steps": history[-1]["step"], "eval_accuracy_saved": final,
             "parameters": sum(p.numel() for p in model.parameters()), "history": history}
     (args.out / "potluck_build.json").write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps({k: v for k, v in card.items() if k != "history"}))

@@ -1,13 +1,17 @@
 """Batched autoregressive generation with a KV cache (the transformers backend).
 
-Returns, per sequence, the generated token ids and the behaviour log-probability of each under the
-sampling distribution softmax(logits / T). The trainer's importance ratio is taken against these.
+Sampling is seeded Gumbel-max (protocol/sampling.py): each row has its own seed and the noise for
+(seed, position, token) is the same on any device, so a validator can check every choice. Returns,
+per sequence, the generated token ids and the behaviour log-probability of each under the sampling
+distribution softmax(logits / T); the trainer's importance ratio is taken against these.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from protocol.sampling import sample
 
 
 @dataclass
@@ -29,10 +33,12 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: int, pad_id: int,
-             temperature: float = 1.0, greedy: bool = False,
-             generator: torch.Generator | None = None) -> Generation:
+             temperature: float = 1.0, greedy: bool = False, seeds: list[int] | None = None) -> Generation:
+    """Greedy, or sampled with one seed per prompt row."""
     if not prompts:
         return Generation([], [], [])
+    if not greedy and (seeds is None or len(seeds) != len(prompts)):
+        raise ValueError("sampling needs one seed per prompt")
     if not greedy and temperature <= 0:
         raise ValueError("temperature must be positive when sampling")
     device = next(model.parameters()).device
@@ -46,12 +52,13 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, eos_id: in
     batch = len(prompts)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, token_logprobs = [], []
-    for _ in range(max_new_tokens):
+    row_seeds = None if greedy else torch.tensor(seeds, dtype=torch.int64, device=device)
+    for step in range(max_new_tokens):
         logp = torch.log_softmax(logits / (1.0 if greedy else temperature), dim=-1)
         if greedy:
             token = logp.argmax(-1)
         else:
-            token = torch.multinomial(logp.exp().cpu(), 1, generator=generator).squeeze(-1).to(device)
+            token = sample(logits, row_seeds, torch.full_like(row_seeds, step), temperature)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         tokens.append(token)
         token_logprobs.append(logp.gather(-1, token[:, None]).squeeze(-1))

@@ -7,9 +7,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-import torch
-
 from protocol.envs import Environment
+from protocol.sampling import rollout_seed
 from protocol.scoring import score
 from protocol.v1 import coordinator_pb2 as pb
 
@@ -34,11 +33,11 @@ def rollouts_for(lease: pb.RolloutLease, model, tokenizer, env: Environment) -> 
     """Generate and score every (prompt, sample) of a lease, in one batch."""
     prompts = [tokenizer(p.text)["input_ids"] for p in lease.prompts]
     group = lease.group_size
-    generator = torch.Generator().manual_seed(lease.seed)
+    seeds = [rollout_seed(lease.seed, p.task_id, i) for p in lease.prompts for i in range(group)]
     gen = generate(model, [ids for ids in prompts for _ in range(group)],
                    max_new_tokens=lease.sampling.max_new_tokens, eos_id=tokenizer.eos_token_id,
                    pad_id=tokenizer.pad_token_id, temperature=lease.sampling.temperature,
-                   greedy=lease.sampling.greedy, generator=generator)
+                   greedy=lease.sampling.greedy, seeds=seeds)
     rollouts = []
     for row, (ids, logprobs, finished) in enumerate(zip(gen.completion_ids, gen.logprobs, gen.finished)):
         prompt = lease.prompts[row // group]
