@@ -18,10 +18,16 @@ class ChangeFeed:
 
     def __init__(self) -> None:
         self._events: set[asyncio.Event] = set()
+        self.closed = False
 
     def notify(self) -> None:
         for event in self._events:
             event.set()
+
+    def close(self) -> None:
+        """The server is stopping: streams end instead of being cancelled mid-wait."""
+        self.closed = True
+        self.notify()
 
     @contextlib.contextmanager
     def subscribe(self):

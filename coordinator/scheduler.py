@@ -3,8 +3,8 @@
 Rules:
 - eval of a published version (held-out split, greedy) comes before new rollouts;
 - rollouts are generated for the current version, and only while the pool plus the work in flight
-  is short of (1 + max_async_level) batches, so inference runs ahead of training but never piles
-  up rollouts that would go stale;
+  is short of one batch: while a trainer trains on one batch, inference generates the next (up to
+  max_async_level versions behind by the time it is used), and nothing piles up to go stale;
 - a training shard is one batch of pool groups no more than max_async_level versions old, leased to
   one trainer per round; its groups go back to the pool if the lease expires or is returned.
 """
@@ -66,7 +66,7 @@ def _rollout_room(ctx: RunContext, version: int) -> int:
     cfg = ctx.config.rollouts
     pooled = len(ctx.store.pool_groups(version - cfg.max_async_level))
     in_flight = sum(len(lease.spec["task_ids"]) for lease in ctx.store.active_leases("rollout"))
-    return cfg.batch_groups * (1 + cfg.max_async_level) - pooled - in_flight
+    return cfg.batch_groups - pooled - in_flight
 
 
 def lease_rollouts(ctx: RunContext, node_id: str, max_prompts: int) -> pb.RolloutLease:

@@ -103,6 +103,7 @@ async def serve(config: RunConfig, listen: str, data_dir: Path) -> None:
     finally:
         log.info("coordinator stopping")
         sweeper.cancel()
+        ctx.changes.close()
         await server.stop(grace=2)
         ctx.store.close()
         (data_dir / ADDRESS_FILE).unlink(missing_ok=True)

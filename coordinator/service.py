@@ -160,7 +160,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def Watch(self, request, context):
         with self.ctx.changes.subscribe() as changed:
-            while True:
+            while not self.ctx.changes.closed:
                 changed.clear()
                 yield build_snapshot(self.ctx, self.meter)
                 try:

@@ -10,6 +10,7 @@ import grpc
 import torch
 
 from protocol import __version__
+from protocol.checkpoint import ManifestError
 from protocol.config import RunConfig
 from protocol.envs import make_environment
 from protocol.identity import Identity
@@ -23,6 +24,7 @@ from .trainer.worker import TrainerWorker
 from .versions import VersionLoader
 
 log = logging.getLogger("potluck.node")
+REFUSED_BACKOFF_S = 1.0
 ROLES = {"auto": pb.ROLE_UNSPECIFIED, "inference": pb.ROLE_INFERENCE, "trainer": pb.ROLE_TRAINER}
 
 
@@ -91,16 +93,20 @@ async def join(address: str, role: str, device: str, home: Path, name: str) -> i
 
 
 async def _work_once(client, worker, identity, role, hardware, name) -> None:
+    """One unit of work. A refused call costs that unit only: the node says why and goes on."""
     try:
         await worker.step()
+        return
     except grpc.aio.AioRpcError as err:
-        reason = error_reason(err)
+        reason = error_reason(err) or err.code().name.lower()
         if reason == "unknown_node":  # the coordinator lost us (a fresh data dir): register again
             await _register(client, identity, role, hardware, name)
-        elif reason in ("lease_expired", "lease_closed", "superseded", "unknown_lease"):
-            log.warning("work dropped: %s", err.details())
-        else:
-            raise
+            return
+        log.error("work refused (%s): %s", reason, err.details())
+    except ManifestError as err:  # bytes that fail their check are never loaded
+        log.error("version fetch failed its check: %s", err)
+    worker.state = "idle"
+    await asyncio.sleep(REFUSED_BACKOFF_S)
 
 
 def configure_threads(threads: int) -> None:

@@ -55,6 +55,11 @@ class Swarm:
         self.procs.append((name, proc))
         return proc
 
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.root / 'logs' / name}.log")
+
     def stop(self) -> None:
         nodes = [p for name, p in self.procs if name != "coordinator"]
         coordinator = [p for name, p in self.procs if name == "coordinator"]
@@ -84,7 +89,8 @@ def wait_for_address(data_dir: Path, coordinator: subprocess.Popen) -> str:
 
 def summary(snapshot: pb.SwarmSnapshot, wall_s: float) -> dict:
     evaluated = [v for v in snapshot.versions if v.has_eval]
-    rewarded = [v for v in snapshot.versions if v.rollouts_generated]
+    # A version's reward is over the rollouts generated with it; the newest has too few yet.
+    rewarded = [v for v in snapshot.versions[:-1] if v.rollouts_generated]
     return {
         "outer_steps": snapshot.current_version,
         "versions": len(snapshot.versions),
@@ -99,27 +105,31 @@ def summary(snapshot: pb.SwarmSnapshot, wall_s: float) -> dict:
     }
 
 
-def _line(v: pb.VersionInfo) -> str:
-    eval_text = f"eval {v.eval_accuracy:.3f}" if v.has_eval else "eval  ...."
-    return f"  v{v.version:<4} reward {v.reward_mean:.3f}  {eval_text}  ({v.rollouts_generated} rollouts)"
+def _line(v: pb.VersionInfo, elapsed_s: float) -> str:
+    return (f"  v{v.version:<4} held-out accuracy {v.eval_accuracy:.3f}   reward {v.reward_mean:.3f} "
+            f"over {v.rollouts_generated} rollouts   {elapsed_s:5.0f}s")
 
 
-async def follow(address: str, minutes: float, outer_steps: int, out) -> pb.SwarmSnapshot:
-    """Print progress from the Watch stream until the budget is spent and the last version is evaluated."""
-    deadline = time.monotonic() + minutes * 60
-    shown: dict[int, tuple[bool, int]] = {}
+async def follow(address: str, minutes: float, outer_steps: int, swarm: Swarm, out) -> pb.SwarmSnapshot:
+    """Print one line per evaluated version from the Watch stream; return once the budget is spent
+    (time or outer steps) and a version at least as new as the one current then is evaluated."""
+    started = time.monotonic()
+    deadline, target, shown = started + minutes * 60, None, set()
     async with grpc.aio.insecure_channel(address) as channel:
         async for snap in pb_grpc.CoordinatorStub(channel).Watch(pb.WatchRequest()):
+            swarm.check_alive()
+            # A version's line waits for its successor, by when most of its rollouts are in.
             for v in snap.versions:
-                key = (v.has_eval, v.rollouts_generated >= 1)
-                if shown.get(v.version) != key and (v.has_eval or v.version < snap.current_version):
-                    shown[v.version] = key
-                    print(_line(v), file=out, flush=True)
-            done_steps = outer_steps and snap.current_version >= outer_steps
-            if done_steps or time.monotonic() >= deadline:
-                latest = snap.versions[-1]
-                if latest.has_eval or time.monotonic() >= deadline + 60:
-                    return snap
+                if v.has_eval and v.version not in shown and v.version < snap.current_version:
+                    shown.add(v.version)
+                    print(_line(v, time.monotonic() - started), file=out, flush=True)
+            if target is None and (time.monotonic() >= deadline or
+                                   (outer_steps and snap.current_version >= outer_steps)):
+                target = snap.current_version
+            evaluated = [v.version for v in snap.versions if v.has_eval]
+            if target is not None and evaluated and (evaluated[-1] >= target or
+                                                     time.monotonic() >= deadline + 120):
+                return snap
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -140,11 +150,13 @@ def _demo(args: argparse.Namespace) -> int:
             for i in range(count):
                 swarm.spawn(f"{role}-{i}", "node", "join", "--coordinator", address, "--role", role,
                             "--home", str(root / f"{role}-{i}"), "--name", f"{role}-{i}", "--threads", "1")
-        snapshot = asyncio.run(follow(address, args.minutes, args.outer_steps, out))
+        snapshot = asyncio.run(follow(address, args.minutes, args.outer_steps, swarm, out))
     except KeyboardInterrupt:
         print("interrupted; stopping the swarm", file=out, flush=True)
-        swarm.stop()
         return 130
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"demo failed: {exc}", file=out, flush=True)
+        return 1
     finally:
         swarm.stop()
     result = summary(snapshot, time.monotonic() - started)

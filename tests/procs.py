@@ -42,10 +42,11 @@ class Proc:
 
 
 class Coordinator(Proc):
-    def __init__(self, run: str, data: Path, log_dir: Path, name: str = "coordinator") -> None:
+    def __init__(self, run: str, data: Path, log_dir: Path, name: str = "coordinator",
+                 listen: str = "127.0.0.1:0") -> None:
         address_file = data / "coordinator.addr"
         address_file.unlink(missing_ok=True)  # left behind by a killed coordinator
-        super().__init__(name, ["coordinator", "serve", "--run", run, "--listen", "127.0.0.1:0",
+        super().__init__(name, ["coordinator", "serve", "--run", run, "--listen", listen,
                                 "--data", str(data)], log_dir)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not address_file.exists():

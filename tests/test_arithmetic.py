@@ -32,6 +32,7 @@ def test_train_and_eval_splits_are_disjoint_problems():
     eval_prompts = {env.task(i).prompt for i in env.eval_ids()}
     assert len(eval_prompts) == 256 and all(env.is_eval(i) for i in env.eval_ids())
     train = env.sample_train_ids(random.Random(1), 5000)
+    assert len(set(train)) == 5000  # distinct: a shard never holds a prompt twice
     assert not eval_prompts & {env.task(i).prompt for i in train}
     assert env.eval_ids() == make_environment("arithmetic", {"eval_size": 256}).eval_ids()
 

@@ -34,7 +34,7 @@ async def shoot(pilot: Pilot, args: argparse.Namespace) -> None:
     await pilot.press(str([pane_id for pane_id, _, _ in PANES].index(args.pane) + 1))
     await pilot.pause(0.5)  # one more snapshot and a full layout
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(app.export_screenshot(title=f"potluck tui — {args.pane}"))
+    args.out.write_text(app.export_screenshot(title=f"potluck tui — {args.pane}", simplify=True))
     app.exit()
 
 

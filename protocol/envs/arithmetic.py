@@ -72,12 +72,12 @@ class Arithmetic(Environment):
         return list(self._eval_ids)
 
     def sample_train_ids(self, rng: random.Random, n: int) -> list[int]:
-        ids: list[int] = []
+        ids: dict[int, None] = {}  # distinct, in draw order
         while len(ids) < n:
             task_id = rng.randrange(self.size)
             if not self.is_eval(task_id):
-                ids.append(task_id)
-        return ids
+                ids[task_id] = None
+        return list(ids)
 
     def reward(self, task: Task, completion: str, finished: bool) -> float:
         if finished and completion == task.answer:

@@ -29,7 +29,7 @@ class Environment(abc.ABC):
 
     @abc.abstractmethod
     def sample_train_ids(self, rng: random.Random, n: int) -> list[int]:
-        """n train task ids drawn from rng; never an eval task."""
+        """n distinct train task ids drawn from rng; never an eval task."""
 
     @abc.abstractmethod
     def eval_ids(self) -> list[int]:

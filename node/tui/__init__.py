@@ -1,0 +1,1 @@
+"""`potluck tui`: the host's live view of a run, fed by the coordinator's read-only Watch stream."""

@@ -1,0 +1,20 @@
+"""`potluck tui [--coordinator HOST:PORT]`: watch a run live; read-only, so no key is needed."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_commands(subparsers) -> None:
+    tui = subparsers.add_parser("tui", help="watch a run live in the terminal")
+    tui.add_argument("--coordinator", default="127.0.0.1:7420",
+                     help="HOST:PORT of the run's coordinator (default: the coordinator's own default)")
+    tui.set_defaults(handler=_tui)
+
+
+def _tui(args: argparse.Namespace) -> int:
+    # Textual and gRPC load only when the command runs, so `potluck --help` stays quick.
+    from .app import PotluckTui
+    from .feed import watch
+
+    PotluckTui(watch(args.coordinator), args.coordinator).run()
+    return 0

@@ -1,0 +1,203 @@
+"""The TUI without a coordinator: its parts, and pilot and snapshot tests on a fixed, made-up swarm."""
+import asyncio
+
+import grpc
+import pytest
+from textual.widgets import Input, TabbedContent
+
+from node.tui import fmt
+from node.tui.app import PotluckTui
+from node.tui.charts import Series, line_chart
+from node.tui.details import NodeDetails
+from node.tui.feed import Backoff, Disconnected, watch
+from node.tui.help import HelpScreen
+from node.tui.panes.logs import EventLog
+from node.tui.panes.nodes import NodesTable
+from node.tui.state import Link, SwarmState
+from node.tui.status import LinkBar
+from protocol.v1 import coordinator_pb2 as pb
+from protocol.v1 import coordinator_pb2_grpc as pb_grpc
+from tests.tui_data import snapshot
+from tests.tui_pilot import check_snapshot, free_port, header, names, replay, settle, until
+
+PANES = ("overview", "nodes", "verification", "checkpoints", "credit", "logs")
+FROZEN = 1000.0  # the clock the snapshot tests run on: "now" never moves
+
+
+def make_app(*updates, clock=lambda: FROZEN) -> PotluckTui:
+    app = PotluckTui(replay(updates), "127.0.0.1:7420", clock=clock)
+    app.animation_level = "none"
+    return app
+
+
+# --- parts ---
+
+def test_events_accumulate_by_id_and_restart_with_a_fresh_coordinator():
+    state = SwarmState()
+    first = pb.SwarmSnapshot(events=[pb.Event(id=i, kind="join", text=f"e{i}") for i in (1, 2, 3)])
+    later = pb.SwarmSnapshot(events=[pb.Event(id=i, kind="lease", text=f"e{i}") for i in (2, 3, 4, 5)])
+    state.apply(first, 1.0)
+    state.apply(later, 2.0)
+    assert [e.id for e in state.events] == [1, 2, 3, 4, 5] and state.link is Link.CONNECTED
+    state.apply(Disconnected("unavailable: Connection refused", 9.0), 3.0)
+    assert state.link is Link.DISCONNECTED and state.snapshot is later  # the last known swarm stays shown
+    state.apply(pb.SwarmSnapshot(events=[pb.Event(id=1, kind="version", text="fresh")]), 4.0)
+    assert [(e.id, e.text) for e in state.events] == [(1, "fresh")]
+
+
+def test_backoff_doubles_up_to_its_cap():
+    backoff = Backoff(first_s=0.5, max_s=4.0, jitter=0.0)
+    assert [backoff.delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+def test_hardware_fits_a_column():
+    gpu = pb.Hardware(device="cuda", cpu_count=16, ram_bytes=64 << 30,
+                      gpus=[pb.Gpu(name="NVIDIA GeForce RTX 4090", memory_bytes=24 << 30)] * 2)
+    assert fmt.hardware(gpu) == "2×RTX 4090 24G 16c"
+    assert fmt.hardware(pb.Hardware(device="cpu", cpu_count=2, ram_bytes=8 << 30)) == "cpu 2c 8G"
+    assert fmt.gpu_name("NVIDIA A100-SXM4-40GB") == "A100"
+    assert [fmt.age(ms) for ms in (999, 42_000, 7 * 60_000, 3 * 3_600_000, 12 * 86_400_000)] == \
+        ["0s", "42s", "7m", "3h", "12d"]
+
+
+def test_chart_fills_its_box_and_labels_its_axes():
+    series = [Series("reward", "cyan", [(0, 0.0), (1, 0.5), (3, 1.0)]), Series("eval", "magenta", [(3, 0.25)])]
+    lines = line_chart(series, 30, 8, (0.0, 1.0)).plain.split("\n")
+    assert len(lines) == 8 and all(len(line) == 30 for line in lines)
+    assert lines[0].startswith("1.00┤") and lines[6].startswith("0.00┤")
+    assert lines[-1].strip().startswith("└v0") and lines[-1].endswith("v3")
+    assert lines[0][-1] != " " and lines[6][5] != " "  # (3, 1.0) top right, (0, 0.0) bottom left
+
+
+def test_watch_reports_an_unreachable_coordinator_and_retries():
+    async def first_two():
+        feed = watch(f"127.0.0.1:{free_port()}", Backoff(first_s=0.01, max_s=0.02, jitter=0.0), clock=lambda: 50.0)
+        return [await anext(feed), await anext(feed)]
+
+    updates = asyncio.run(asyncio.wait_for(first_two(), 30))
+    assert all(isinstance(u, Disconnected) and u.reason.startswith("unavailable") for u in updates)
+    assert updates[0].retry_at == pytest.approx(50.01)
+
+
+class SilentAfterOne(pb_grpc.CoordinatorServicer):
+    """A coordinator that sends one snapshot per stream, then nothing: a hung host."""
+
+    async def Watch(self, request, context):
+        yield pb.SwarmSnapshot(run_name="hung")
+        await asyncio.sleep(3600)
+
+
+def test_watch_drops_a_silent_stream_and_reconnects(monkeypatch):
+    monkeypatch.setattr("node.tui.feed.STALE_AFTER_S", 0.3)
+
+    async def run():
+        server = grpc.aio.server()
+        pb_grpc.add_CoordinatorServicer_to_server(SilentAfterOne(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            feed = watch(f"127.0.0.1:{port}", Backoff(first_s=0.01, max_s=0.01, jitter=0.0))
+            return [await anext(feed) for _ in range(3)]
+        finally:
+            await server.stop(grace=None)
+
+    first, lost, again = asyncio.run(asyncio.wait_for(run(), 30))
+    assert first.run_name == "hung" and again.run_name == "hung"
+    assert isinstance(lost, Disconnected) and lost.reason == "no update for 0.3s"
+
+
+# --- pilot tests on the fixed swarm ---
+
+def test_nodes_sort_filter_and_details():
+    async def run():
+        app = make_app(snapshot())
+        async with app.run_test(size=(120, 30)) as pilot:
+            await until(pilot, lambda: app.feed_ended, 10, "the fixed feed is read")
+            await pilot.press("2")
+            table = app.query_one(NodesTable)
+            await until(pilot, lambda: table.row_count == 7, 10, "all nodes listed")
+            assert app.focused is table
+            assert names(table) == ["ada", "bert", "curie", "dijkstra", "euler", "fermi", "gauss"]
+            await pilot.press("r")
+            assert names(table)[0] == "gauss"
+            # A click on the CREDIT header sorts by credit, biggest first; a second click reverses.
+            await pilot.click(NodesTable, offset=header(table, "credit"))
+            assert names(table)[:3] == ["ada", "curie", "gauss"]
+            await pilot.click(NodesTable, offset=header(table, "credit"))
+            assert names(table)[:2] == ["fermi", "dijkstra"]
+            await pilot.press("s")  # next column: SEEN, most recent first
+            assert names(table)[0] == "ada" and names(table)[-1] == "euler"
+            # Filter: every word must match; the cursor row stays the one it was on.
+            await pilot.press("slash")
+            assert isinstance(app.focused, Input)
+            await pilot.press(*"inference cpu")
+            assert sorted(names(table)) == ["bert", "dijkstra", "euler", "fermi"]
+            await pilot.press("escape", "down", "enter")
+            assert isinstance(app.screen, NodeDetails) and app.screen.node_id == table.ordered_rows[1].key.value
+            await pilot.press("escape")
+            assert not isinstance(app.screen, NodeDetails)
+            await pilot.press("slash", *"offline", "enter")
+            assert names(table) == ["euler"] and app.focused is table
+
+    asyncio.run(run())
+
+
+def test_logs_search_filters_and_keeps_order():
+    async def run():
+        app = make_app(snapshot())
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.feed_ended, 10, "the fixed feed is read")
+            await pilot.press("6", "slash", *"reject")
+            await settle(pilot)
+            log = app.query_one("LogsPane EventLog", EventLog)
+            shown = [event for event, _, first in log.rows if first]
+            assert [e.kind for e in shown] == ["reject"] * 3
+            assert [e.id for e in shown] == sorted(e.id for e in shown)  # newest last
+            assert "sDKuZnLL" in shown[-1].text
+
+    asyncio.run(run())
+
+
+# --- snapshots: the panes as they look, at the smallest supported size and a large one ---
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_panes_match_snapshots(size, tmp_path):
+    async def run():
+        app = make_app(snapshot())
+        failures = []
+        async with app.run_test(size=size) as pilot:
+            await until(pilot, lambda: app.feed_ended, 10, "the fixed feed is read")
+            for key, pane in zip("123456", PANES):
+                await pilot.press(key)
+                assert app.query_one(TabbedContent).active == pane
+                await settle(pilot)
+                failures.append(check_snapshot(app.export_screenshot(simplify=True), f"{pane}-{size[0]}x{size[1]}", tmp_path))
+        return [f for f in failures if f]
+
+    assert asyncio.run(run()) == []
+
+
+def test_details_help_and_disconnected_match_snapshots(tmp_path):
+    now = [FROZEN - 10]  # the snapshot arrives 10 s before the link drops
+
+    async def run():
+        app = make_app(snapshot(), Disconnected("unavailable: Connection refused", FROZEN + 3), clock=lambda: now[0])
+        failures = []
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.feed_ended, 10, "the fixed feed is read")
+            now[0] = FROZEN
+            bar = app.query_one(LinkBar)
+            await until(pilot, lambda: "retrying in 3s" in str(bar.content), 5, "the countdown is shown")
+            assert str(bar.content).startswith("✖ disconnected — retrying in 3s") and bar.has_class("-disconnected")
+            await settle(pilot)
+            failures.append(check_snapshot(app.export_screenshot(simplify=True), "disconnected-80x24", tmp_path))
+            await pilot.press("2", "enter")
+            await settle(pilot)
+            failures.append(check_snapshot(app.export_screenshot(simplify=True), "details-80x24", tmp_path))
+            await pilot.press("escape", "question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            await settle(pilot)
+            failures.append(check_snapshot(app.export_screenshot(simplify=True), "help-80x24", tmp_path))
+        return [f for f in failures if f]
+
+    assert asyncio.run(run()) == []
