@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	@# torch first, pinned, so nothing else pulls a different (multi-GB CUDA) build on CPU machines.
 	$(PYTHON) -m pip install --quiet torch==2.13.0 2>&1 | $(QUIET_PIP)
 	$(PYTHON) -m pip install --quiet -c requirements/constraints.txt -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	@# The public toploc package, only to cross-check our proofs byte for byte in a test. Its wheel is
+	@# built for another torch, so build it from source against ours (~3.5 min once; pip caches it).
+	$(PYTHON) -m pip install --quiet --no-build-isolation --no-binary toploc toploc==0.1.6 2>&1 | $(QUIET_PIP) \
+		|| echo "toploc did not build: the toploc cross-check test will skip"
 	$(PYTHON) -m pip check
 	touch $(STAMP)
 

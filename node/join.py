@@ -20,11 +20,13 @@ from protocol.v1 import coordinator_pb2 as pb
 from .client import CoordinatorClient, error_reason
 from .hardware import pick_device, probe
 from .inference.worker import InferenceWorker
+from .status import NodeStatus, Progress, ReportingClient
 from .trainer.worker import TrainerWorker
 from .versions import VersionLoader
 
 log = logging.getLogger("potluck.node")
 REFUSED_BACKOFF_S = 1.0
+MIRROR_INTERVAL_S = 0.5  # how often the worker's state and rate are copied to the NodeStatus
 ROLES = {"auto": pb.ROLE_UNSPECIFIED, "inference": pb.ROLE_INFERENCE, "trainer": pb.ROLE_TRAINER}
 
 
@@ -39,6 +41,14 @@ async def _heartbeats(client: CoordinatorClient, worker, loader: VersionLoader, 
             log.warning("heartbeat failed: %s", err.details())
 
 
+async def _mirror(status: NodeStatus, worker, loader: VersionLoader) -> None:
+    # The workers keep their state and rate on themselves; the view reads only the NodeStatus.
+    while True:
+        status.state, status.tokens_per_s = worker.state, worker.throughput.tokens_per_s
+        status.held_version = loader.version
+        await asyncio.sleep(MIRROR_INTERVAL_S)
+
+
 async def _register(client: CoordinatorClient, identity: Identity, role: int, hardware: pb.Hardware,
                     name: str) -> pb.RegisterReply:
     return await client.call("Register", pb.RegisterBody(public_key=identity.public_key, role=role,
@@ -46,30 +56,39 @@ async def _register(client: CoordinatorClient, identity: Identity, role: int, ha
                                                          name=name))
 
 
-async def join(address: str, role: str, device: str, home: Path, name: str) -> int:
+async def join(address: str, role: str, device: str, home: Path, name: str,
+               status: NodeStatus | None = None, stop: asyncio.Event | None = None) -> int:
+    """Work for the run until stop is set (SIGINT/SIGTERM set it too), then return the leases held.
+    status, if given, follows along for a view."""
+    status = status or NodeStatus(address)
+    stop = stop or asyncio.Event()
     identity = Identity.load_or_create(home / "identity.key")
+    status.node_id, status.name, status.state = identity.node_id, name, "registering"
     device = pick_device(device)
     hardware = probe(device, home)
-    client = CoordinatorClient(address, identity)
+    client = ReportingClient(address, identity, status)
     reply = await _register(client, identity, ROLES[role], hardware, name)
     config = RunConfig.model_validate_json(reply.run_config_json)
-    log.info("joined run %r at %s as node %s, role %s", reply.run_name, address, identity.node_id,
-             pb.Role.Name(reply.role)[5:].lower())
+    status.role, status.run_name = pb.Role.Name(reply.role)[5:].lower(), reply.run_name
+    log.info("joined run %r at %s as node %s, role %s", reply.run_name, address, identity.node_id, status.role)
 
-    model = load_policy(config, device)
-    tokenizer = load_tokenizer(config.model.name)
-    loader = VersionLoader(client, reply.coordinator_public_key, home / "versions", model)
+    status.state, status.progress = "loading model", Progress(f"loading {config.model.name}")
+    # Threads, so the event loop (and a view on it) keeps going while the weights load.
+    model = await asyncio.to_thread(load_policy, config, device)
+    tokenizer = await asyncio.to_thread(load_tokenizer, config.model.name)
+    status.progress = None
+    loader = VersionLoader(client, reply.coordinator_public_key, home / "versions", model, status.fetching)
     if reply.role == pb.ROLE_TRAINER:
         worker = TrainerWorker(client, loader, config, tokenizer.pad_token_id)
     else:
         worker = InferenceWorker(client, loader, tokenizer,
                                  make_environment(config.environment.name, config.environment.params))
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     heartbeat = asyncio.create_task(_heartbeats(client, worker, loader, reply.heartbeat_interval_ms / 1000))
+    mirror = asyncio.create_task(_mirror(status, worker, loader))
     try:
         while not stop.is_set():
             work = asyncio.create_task(_work_once(client, worker, identity, ROLES[role], hardware, name))
@@ -82,6 +101,8 @@ async def join(address: str, role: str, device: str, home: Path, name: str) -> i
                 raise work.exception()
     finally:
         heartbeat.cancel()
+        mirror.cancel()
+        status.state, status.progress = "leaving", None
         try:
             returned = await client.call("ReturnLeases", pb.ReturnLeasesBody(reason="node leaving"), timeout=5,
                                          retry=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -16,6 +18,8 @@ from .client import CoordinatorClient
 
 log = logging.getLogger("potluck.node")
 CACHED_VERSIONS = 3  # a node only ever needs the version it works on and the next
+# (bytes held so far, total bytes): lets a view draw a download's progress bar.
+FetchProgress = Callable[[int, int], None]
 
 
 async def fetch_manifest(client: CoordinatorClient, coordinator_key: bytes, version: int) -> Manifest:
@@ -26,7 +30,8 @@ async def fetch_manifest(client: CoordinatorClient, coordinator_key: bytes, vers
     return manifest
 
 
-async def fetch_blob(client: CoordinatorClient, manifest: Manifest, cache_dir: Path) -> bytes:
+async def fetch_blob(client: CoordinatorClient, manifest: Manifest, cache_dir: Path,
+                     progress: FetchProgress | None = None) -> bytes:
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / manifest.sha256
     if final.exists():
@@ -40,12 +45,16 @@ async def fetch_blob(client: CoordinatorClient, manifest: Manifest, cache_dir: P
         partial.unlink()
         offset = 0
     with open(partial, "ab") as out:
+        if progress is not None:
+            progress(offset, manifest.size)  # a resumed download starts part-way
         stream = client.stub.FetchVersion(pb.FetchVersionRequest(version=manifest.version, offset=offset), timeout=300)
         async for chunk in stream:
             if chunk.offset != offset or offset + len(chunk.data) > manifest.size:
                 raise ManifestError(f"chunk at {chunk.offset} does not continue the download at {offset}")
             out.write(chunk.data)
             offset += len(chunk.data)
+            if progress is not None:
+                progress(offset, manifest.size)
     data = partial.read_bytes()
     if sha256_hex(data) != manifest.sha256:
         partial.unlink()
@@ -64,8 +73,10 @@ def _prune(cache_dir: Path, keep: int) -> None:
 class VersionLoader:
     """Keeps the policy model at the version the current work needs."""
 
-    def __init__(self, client: CoordinatorClient, coordinator_key: bytes, cache_dir: Path, model) -> None:
+    def __init__(self, client: CoordinatorClient, coordinator_key: bytes, cache_dir: Path, model,
+                 progress: Callable[[int, int, int], None] | None = None) -> None:
         self.client, self.coordinator_key, self.cache_dir, self.model = client, coordinator_key, cache_dir, model
+        self.progress = progress  # (version, bytes held, total bytes) while a version downloads
         self.version: int | None = None
         self.momentum: dict[str, torch.Tensor] = {}
 
@@ -73,7 +84,8 @@ class VersionLoader:
         if self.version == version:
             return
         manifest = await fetch_manifest(self.client, self.coordinator_key, version)
-        blob = await fetch_blob(self.client, manifest, self.cache_dir)
+        on_bytes = None if self.progress is None else partial(self.progress, version)
+        blob = await fetch_blob(self.client, manifest, self.cache_dir, on_bytes)
         adapter, self.momentum = decode_blob(blob)
         load_adapter_state(self.model, adapter)
         self.version = version

@@ -20,8 +20,11 @@ EOS = 2  # the tiny model's EOS id
 def coordinator(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("errors")
     run = tmp / "run.toml"
-    run.write_text((PRESETS_DIR / "test.toml").read_text().replace("lease_seconds = 60",
-                                                                    f"lease_seconds = {LEASE_SECONDS}"))
+    # Short leases to test expiry; a large batch, so shards these tests lease and leave unsubmitted
+    # never use up the room for more.
+    run.write_text((PRESETS_DIR / "test.toml").read_text()
+                   .replace("lease_seconds = 60", f"lease_seconds = {LEASE_SECONDS}")
+                   .replace("batch_groups = 4", "batch_groups = 256"))
     proc = Coordinator(str(run), tmp / "data", tmp)
     yield proc
     assert proc.stop() == 0, proc.log()
