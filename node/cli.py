@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from pathlib import Path
 
 from protocol.identity import default_home
@@ -20,6 +21,8 @@ def add_commands(subparsers) -> None:
                       help="identity key and version cache (default $POTLUCK_HOME or ~/.config/potluck)")
     join.add_argument("--name", default="", help="a label shown to the run's host")
     join.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    join.add_argument("--plain", action="store_true",
+                      help="line logs instead of the live view (the default when not on a terminal)")
     join.set_defaults(handler=_join)
 
 
@@ -28,8 +31,15 @@ def _join(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     configure_threads(args.threads)
+    # The live view needs a terminal both ways; under systemd, a pipe or a log file, it is line logs.
+    interactive = not args.plain and sys.stdin.isatty() and sys.stdout.isatty()
+    home = args.home or default_home()
     try:
-        return asyncio.run(join(args.coordinator, args.role, args.device, args.home or default_home(), args.name))
+        if interactive:
+            from .view import join_with_view  # Textual loads only for the view
+
+            return asyncio.run(join_with_view(args.coordinator, args.role, args.device, home, args.name))
+        return asyncio.run(join(args.coordinator, args.role, args.device, home, args.name))
     except ValueError as exc:
         logging.getLogger("potluck.node").error("%s", exc)
         return 2
