@@ -1,4 +1,4 @@
-"""`potluck node join --coordinator HOST:PORT [--role auto|inference|trainer] [--device cpu|cuda]`."""
+"""`potluck node join --coordinator HOST:PORT [--role auto|inference|trainer] [--device cpu|cuda] [--plain]`."""
 from __future__ import annotations
 
 import argparse

@@ -4,7 +4,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import torch
@@ -25,6 +27,7 @@ from .trainer.worker import TrainerWorker
 from .versions import VersionLoader
 
 log = logging.getLogger("potluck.node")
+T = TypeVar("T")
 REFUSED_BACKOFF_S = 1.0
 MIRROR_INTERVAL_S = 0.5  # how often the worker's state and rate are copied to the NodeStatus
 ROLES = {"auto": pb.ROLE_UNSPECIFIED, "inference": pb.ROLE_INFERENCE, "trainer": pb.ROLE_TRAINER}
@@ -60,45 +63,28 @@ async def join(address: str, role: str, device: str, home: Path, name: str,
                status: NodeStatus | None = None, stop: asyncio.Event | None = None) -> int:
     """Work for the run until stop is set (SIGINT/SIGTERM set it too), then return the leases held.
     status, if given, follows along for a view."""
-    status = status or NodeStatus(address)
-    stop = stop or asyncio.Event()
+    status = NodeStatus(address) if status is None else status
+    stop = asyncio.Event() if stop is None else stop
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     identity = Identity.load_or_create(home / "identity.key")
     status.node_id, status.name, status.state = identity.node_id, name, "registering"
     device = pick_device(device)
     hardware = probe(device, home)
     client = ReportingClient(address, identity, status)
-    reply = await _register(client, identity, ROLES[role], hardware, name)
-    config = RunConfig.model_validate_json(reply.run_config_json)
-    status.role, status.run_name = pb.Role.Name(reply.role)[5:].lower(), reply.run_name
-    log.info("joined run %r at %s as node %s, role %s", reply.run_name, address, identity.node_id, status.role)
-
-    status.state, status.progress = "loading model", Progress(f"loading {config.model.name}")
-    # Threads, so the event loop (and a view on it) keeps going while the weights load.
-    model = await asyncio.to_thread(load_policy, config, device)
-    tokenizer = await asyncio.to_thread(load_tokenizer, config.model.name)
-    status.progress = None
-    loader = VersionLoader(client, reply.coordinator_public_key, home / "versions", model, status.fetching)
-    if reply.role == pb.ROLE_TRAINER:
-        worker = TrainerWorker(client, loader, config, tokenizer.pad_token_id)
-    else:
-        worker = InferenceWorker(client, loader, tokenizer,
-                                 make_environment(config.environment.name, config.environment.params))
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    heartbeat = asyncio.create_task(_heartbeats(client, worker, loader, reply.heartbeat_interval_ms / 1000))
+    # Stopping during set-up (a coordinator still unreachable, a model loading) holds no lease yet.
+    ready = await _unless_stopped(_set_up(client, identity, ROLES[role], hardware, name, device, home, status), stop)
+    if ready is None:
+        log.info("stopped before starting work")
+        await client.close()
+        return 0
+    worker, loader, heartbeat_s = ready
+    heartbeat = asyncio.create_task(_heartbeats(client, worker, loader, heartbeat_s))
     mirror = asyncio.create_task(_mirror(status, worker, loader))
     try:
         while not stop.is_set():
-            work = asyncio.create_task(_work_once(client, worker, identity, ROLES[role], hardware, name))
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not work.done():
-                work.cancel()
-            elif work.exception() is not None:
-                raise work.exception()
+            await _unless_stopped(_work_once(client, worker, identity, ROLES[role], hardware, name), stop)
     finally:
         heartbeat.cancel()
         mirror.cancel()
@@ -111,6 +97,42 @@ async def join(address: str, role: str, device: str, home: Path, name: str,
             log.warning("could not return leases: %s", err.details())
         await client.close()
     return 0
+
+
+async def _set_up(client: ReportingClient, identity: Identity, role: int, hardware: pb.Hardware, name: str,
+                  device: str, home: Path,
+                  status: NodeStatus) -> tuple[InferenceWorker | TrainerWorker, VersionLoader, float]:
+    """Register, load the model and make the role's worker: (worker, loader, heartbeat interval in s)."""
+    reply = await _register(client, identity, role, hardware, name)
+    config = RunConfig.model_validate_json(reply.run_config_json)
+    status.role, status.run_name = pb.Role.Name(reply.role)[5:].lower(), reply.run_name
+    log.info("joined run %r at %s as node %s, role %s", reply.run_name, client.address, identity.node_id,
+             status.role)
+
+    status.state, status.progress = "loading model", Progress(f"loading {config.model.name}")
+    # Threads, so the event loop (and a view on it) keeps going while the weights load.
+    model = await asyncio.to_thread(load_policy, config, device)
+    tokenizer = await asyncio.to_thread(load_tokenizer, config.model.name)
+    status.progress = None
+    loader = VersionLoader(client, reply.coordinator_public_key, home / "versions", model, status.fetching)
+    if reply.role == pb.ROLE_TRAINER:
+        worker = TrainerWorker(client, loader, config, tokenizer.pad_token_id)
+    else:
+        worker = InferenceWorker(client, loader, tokenizer,
+                                 make_environment(config.environment.name, config.environment.params))
+    return worker, loader, reply.heartbeat_interval_ms / 1000
+
+
+async def _unless_stopped(coro: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """coro's result, or None if stop was set first (coro is then cancelled); its errors propagate."""
+    task = asyncio.create_task(coro)
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not task.done():
+        task.cancel()
+        return None
+    return task.result()
 
 
 async def _work_once(client, worker, identity, role, hardware, name) -> None:

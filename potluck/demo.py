@@ -3,6 +3,7 @@ separate processes on loopback — learning arithmetic with the tiny built-in mo
 
 It follows the run through the coordinator's Watch stream (the same one a TUI uses), prints one line
 per version, stops every process cleanly (also on Ctrl-C), and with --json ends with one JSON line.
+With --tui it opens the host TUI over the swarm instead, until you quit it (q).
 """
 from __future__ import annotations
 
@@ -17,26 +18,33 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    from node.tui.app import PotluckTui
+
 ADDRESS_FILE = "coordinator.addr"
 START_TIMEOUT_S = 180.0
 STOP_GRACE_S = 15.0
+ALIVE_CHECK_S = 1.0
 
 
 def add_commands(subparsers) -> None:
     demo = subparsers.add_parser("demo", help="run a whole swarm on this machine")
     demo.add_argument("--run", default="demo", help="run file or preset (default: demo)")
-    demo.add_argument("--minutes", type=float, default=5.0, help="training time before stopping")
+    demo.add_argument("--minutes", type=float, default=6.0, help="training time before stopping")
     demo.add_argument("--outer-steps", type=int, default=0, help="stop after this many versions (0: by time)")
     demo.add_argument("--inference", type=int, default=2, help="inference nodes")
     demo.add_argument("--trainers", type=int, default=1, help="trainer nodes")
     demo.add_argument("--data", type=Path, default=None, help="keep state and logs here (default: a temp dir)")
     demo.add_argument("--json", action="store_true", help="end with one JSON line of results")
+    demo.add_argument("--tui", action="store_true",
+                      help="watch the swarm in the host TUI until you quit it (instead of --minutes/--outer-steps)")
     demo.set_defaults(handler=_demo)
 
 
@@ -105,6 +113,67 @@ def summary(snapshot: pb.SwarmSnapshot, wall_s: float) -> dict:
     }
 
 
+def start_swarm(swarm: Swarm, run: str, inference: int, trainers: int, out) -> str:
+    """Start the coordinator, then the nodes once it listens; return its address."""
+    (swarm.root / "coordinator" / ADDRESS_FILE).unlink(missing_ok=True)  # from a killed earlier run
+    coordinator = swarm.spawn("coordinator", "coordinator", "serve", "--run", run,
+                              "--listen", "127.0.0.1:0", "--data", str(swarm.root / "coordinator"))
+    address = wait_for_address(swarm.root / "coordinator", coordinator)
+    print(f"coordinator on {address}; starting {inference} inference node(s) and {trainers} trainer(s)",
+          file=out, flush=True)
+    for role, count in (("inference", inference), ("trainer", trainers)):
+        for i in range(count):
+            swarm.spawn(f"{role}-{i}", "node", "join", "--coordinator", address, "--role", role,
+                        "--home", str(swarm.root / f"{role}-{i}"), "--name", f"{role}-{i}", "--threads", "1")
+    return address
+
+
+def host_view(address: str) -> PotluckTui:
+    # Textual loads only for --tui, so `potluck --help` and the plain demo stay quick to start.
+    from node.tui.app import PotluckTui
+    from node.tui.feed import watch
+
+    return PotluckTui(watch(address), address)
+
+
+async def _exit_if_a_process_dies(app: PotluckTui, swarm: Swarm) -> RuntimeError | None:
+    # The TUI would go on showing a swarm that no longer works; close it and say which process died.
+    while True:
+        await asyncio.sleep(ALIVE_CHECK_S)
+        try:
+            swarm.check_alive()
+        except RuntimeError as exc:
+            app.exit(return_code=1)
+            return exc
+
+
+async def watch_in_tui(app: PotluckTui, swarm: Swarm, **run_options: Any) -> pb.SwarmSnapshot | None:
+    """Run the host TUI until it is quit; the last snapshot it saw, for the summary. run_options go
+    to App.run_async (tests run it headless with an auto_pilot)."""
+    guard = asyncio.create_task(_exit_if_a_process_dies(app, swarm))
+    try:
+        await app.run_async(**run_options)
+    finally:
+        guard.cancel()
+    if guard.done() and not guard.cancelled() and (died := guard.result()) is not None:
+        raise died
+    return app.state.snapshot
+
+
+def _accuracy(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def report(snapshot: pb.SwarmSnapshot, wall_s: float, as_json: bool, out) -> None:
+    result = summary(snapshot, wall_s)
+    first, last = result["eval_accuracy_first"], result["eval_accuracy_last"]
+    gain = "" if first is None or last is None else f" ({last - first:+.3f})"
+    print(f"done: {result['outer_steps']} outer steps, held-out accuracy {_accuracy(first)} -> "
+          f"{_accuracy(last)}{gain} in {result['wall_s']:.0f}s", file=out, flush=True)
+    if as_json:
+        print(json.dumps(result))
+
+
 def _line(v: pb.VersionInfo, elapsed_s: float) -> str:
     return (f"  v{v.version:<4} held-out accuracy {v.eval_accuracy:.3f}   reward {v.reward_mean:.3f} "
             f"over {v.rollouts_generated} rollouts   {elapsed_s:5.0f}s")
@@ -140,17 +209,11 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     print(f"potluck demo: state and logs in {root}", file=out, flush=True)
     try:
-        (root / "coordinator" / ADDRESS_FILE).unlink(missing_ok=True)  # from a killed earlier run
-        coordinator = swarm.spawn("coordinator", "coordinator", "serve", "--run", args.run,
-                                  "--listen", "127.0.0.1:0", "--data", str(root / "coordinator"))
-        address = wait_for_address(root / "coordinator", coordinator)
-        print(f"coordinator on {address}; starting {args.inference} inference node(s) and "
-              f"{args.trainers} trainer(s)", file=out, flush=True)
-        for role, count in (("inference", args.inference), ("trainer", args.trainers)):
-            for i in range(count):
-                swarm.spawn(f"{role}-{i}", "node", "join", "--coordinator", address, "--role", role,
-                            "--home", str(root / f"{role}-{i}"), "--name", f"{role}-{i}", "--threads", "1")
-        snapshot = asyncio.run(follow(address, args.minutes, args.outer_steps, swarm, out))
+        address = start_swarm(swarm, args.run, args.inference, args.trainers, out)
+        if args.tui:
+            snapshot = asyncio.run(watch_in_tui(host_view(address), swarm))
+        else:
+            snapshot = asyncio.run(follow(address, args.minutes, args.outer_steps, swarm, out))
     except KeyboardInterrupt:
         print("interrupted; stopping the swarm", file=out, flush=True)
         return 130
@@ -159,10 +222,8 @@ def _demo(args: argparse.Namespace) -> int:
         return 1
     finally:
         swarm.stop()
-    result = summary(snapshot, time.monotonic() - started)
-    gain = (result["eval_accuracy_last"] or 0) - (result["eval_accuracy_first"] or 0)
-    print(f"done: {result['outer_steps']} outer steps, held-out accuracy {result['eval_accuracy_first']:.3f} -> "
-          f"{result['eval_accuracy_last']:.3f} ({gain:+.3f}) in {result['wall_s']:.0f}s", file=out, flush=True)
-    if args.json:
-        print(json.dumps(result))
+    if snapshot is None:  # the TUI was quit before the first snapshot came
+        print("stopped before the swarm reported anything", file=out, flush=True)
+        return 0
+    report(snapshot, time.monotonic() - started, args.json, out)
     return 0

@@ -69,8 +69,12 @@ def facts(status: NodeStatus) -> Table:
                  "tokens/s", fmt.rate(status.tokens_per_s))
     grid.add_row("version", version(status), "credit", Text(f"{status.credit:,.0f}", "bold"))
     grid.add_row(label, earned, "", "")
-    grid.add_row("last", Text(status.last_result or "no work submitted yet", overflow="ellipsis"), "", "")
     return grid
+
+
+def last_result(status: NodeStatus) -> Text:
+    # Its own line, as wide as the screen: it is the longest thing shown. Aligned with the grid above.
+    return Text.assemble(("last      ", "dim"), status.last_result or "no work submitted yet")
 
 
 class VolunteerView(App[None]):
@@ -79,6 +83,7 @@ class VolunteerView(App[None]):
     #title { height: 1; padding: 0 1; background: $panel; text-wrap: nowrap; text-overflow: ellipsis; }
     #link { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     #facts { height: auto; padding: 0 1; margin: 1 0 0 0; }
+    #last { height: 1; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     #setup { height: 1; padding: 0 1; margin: 1 0 0 0; display: none; }
     #setup.-active { display: block; }
     #setup Label { width: auto; margin: 0 2 0 0; }
@@ -96,6 +101,7 @@ class VolunteerView(App[None]):
         yield Static(id="title")
         yield Static(id="link")
         yield Static(id="facts")
+        yield Static(id="last")
         with Horizontal(id="setup"):
             yield Label(id="setup-label")
             yield ProgressBar(show_eta=False)
@@ -115,6 +121,7 @@ class VolunteerView(App[None]):
         self.query_one("#title", Static).update(title(status))
         self.query_one("#link", Static).update(link(status))
         self.query_one("#facts", Static).update(facts(status))
+        self.query_one("#last", Static).update(last_result(status))
         setup = self.query_one("#setup")
         setup.set_class(status.progress is not None, "-active")
         if status.progress is not None:
