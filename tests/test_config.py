@@ -24,3 +24,12 @@ def test_unknown_keys_and_bad_values_are_errors():
 def test_config_round_trips_through_json():
     config = load_run_config("demo")
     assert type(config).model_validate_json(config.model_dump_json()) == config
+
+
+def test_the_readme_run_file_is_valid():
+    from protocol.proto_gen import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = parse_run_config(block)
+    assert config.name == "my-run" and config.eval.every == 4
