@@ -17,6 +17,8 @@ def add_commands(subparsers) -> None:
     serve.add_argument("--listen", default="127.0.0.1:7420", help="HOST:PORT (port 0 picks a free one)")
     serve.add_argument("--data", type=Path, default=Path("potluck-data"), help="state and blobs of the run")
     serve.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address")
+    serve.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                       help="serve Prometheus metrics here (port 0 picks one; written to DATA/metrics.addr)")
     serve.set_defaults(handler=_serve)
 
 
@@ -27,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         check_listen(args.listen, args.insecure)
         config = load_run_config(args.run)
-        asyncio.run(serve(config, args.listen, args.data))
+        asyncio.run(serve(config, args.listen, args.data, args.metrics))
     except (ValueError, FileNotFoundError, RunMismatch) as exc:
         logging.getLogger("potluck.coordinator").error("%s", exc)
         return 2

@@ -20,6 +20,7 @@ from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
 from .blobs import BlobStore
 from .context import RunContext
+from .metrics import Metrics
 from .publisher import publish_initial
 from .scheduler import expire_leases
 from .service import CoordinatorService
@@ -29,6 +30,7 @@ log = logging.getLogger("potluck.coordinator")
 MAX_MESSAGE_BYTES = 16 << 20
 SWEEP_INTERVAL_S = 1.0
 ADDRESS_FILE = "coordinator.addr"
+METRICS_ADDRESS_FILE = "metrics.addr"
 
 
 class RunMismatch(RuntimeError):
@@ -70,10 +72,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _write_address(data_dir: Path, address: str) -> None:
-    tmp = data_dir / f".{ADDRESS_FILE}.tmp"
+def _write_address(path: Path, address: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(address + "\n")
-    os.replace(tmp, data_dir / ADDRESS_FILE)
+    os.replace(tmp, path)
 
 
 async def _sweep(ctx: RunContext) -> None:
@@ -82,15 +84,20 @@ async def _sweep(ctx: RunContext) -> None:
         expire_leases(ctx)
 
 
-async def serve(config: RunConfig, listen: str, data_dir: Path) -> None:
+async def serve(config: RunConfig, listen: str, data_dir: Path, metrics_listen: str | None = None) -> None:
     ctx = open_run(config, data_dir)
+    metrics = Metrics()
+    if metrics_listen:
+        bound = metrics.serve(metrics_listen, data_dir / "state.sqlite")
+        _write_address(data_dir / METRICS_ADDRESS_FILE, bound)
+        log.info("Prometheus metrics on http://%s/metrics", bound)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(ctx), server)
+    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(ctx, metrics), server)
     port = server.add_insecure_port(listen)
     await server.start()
     address = f"{listen.rsplit(':', 1)[0]}:{port}"
-    _write_address(data_dir, address)
+    _write_address(data_dir / ADDRESS_FILE, address)
     log.info("coordinator for run %r serving on %s (version %d, data %s)", config.name, address,
              ctx.store.current_version(), data_dir)
     stop = asyncio.Event()
@@ -107,3 +114,4 @@ async def serve(config: RunConfig, listen: str, data_dir: Path) -> None:
         await server.stop(grace=2)
         ctx.store.close()
         (data_dir / ADDRESS_FILE).unlink(missing_ok=True)
+        (data_dir / METRICS_ADDRESS_FILE).unlink(missing_ok=True)

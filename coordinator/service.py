@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -20,6 +21,7 @@ from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 from . import intake, publisher, scheduler
 from .context import RunContext
 from .errors import RpcError, denied, invalid, precondition, unauthenticated
+from .metrics import Metrics
 from .snapshot import RateMeter, build_snapshot
 from .store import now_ms
 
@@ -29,15 +31,27 @@ WATCH_REFRESH_S = 2.0
 
 
 class CoordinatorService(pb_grpc.CoordinatorServicer):
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, metrics: Metrics) -> None:
         self.ctx = ctx
+        self.metrics = metrics
         self.meter = RateMeter()
 
-    async def _run(self, context: grpc.aio.ServicerContext, handler, *args):
+    async def _run(self, context: grpc.aio.ServicerContext, method: str, handler, *args):
+        """Answer with handler's reply, or with the status its RpcError names; a bug becomes
+        INTERNAL with no stack trace for the caller (it goes to the log)."""
+        started, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             return handler(*args)
         except RpcError as err:
+            code = err.code
             await context.abort(err.code, err.message, trailing_metadata=(("potluck-reason", err.reason),))
+        except Exception:
+            log.exception("%s failed", method)
+            code = grpc.StatusCode.INTERNAL
+            await context.abort(code, f"{method} failed inside the coordinator",
+                                trailing_metadata=(("potluck-reason", "internal"),))
+        finally:
+            self.metrics.observe(method, code.name, time.perf_counter() - started)
 
     def _authenticate(self, method: str, request: pb.SignedRequest, body_type: type[Message],
                       register: bool = False) -> tuple[str, Message]:
@@ -119,30 +133,30 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         return pb.ReturnLeasesReply(returned=scheduler.return_leases(self.ctx, node_id))
 
     async def Register(self, request, context):
-        return await self._run(context, self._register, request)
+        return await self._run(context, "Register", self._register, request)
 
     async def Heartbeat(self, request, context):
-        return await self._run(context, self._heartbeat, request)
+        return await self._run(context, "Heartbeat", self._heartbeat, request)
 
     async def LeaseRollouts(self, request, context):
-        return await self._run(context, self._lease_rollouts, request)
+        return await self._run(context, "LeaseRollouts", self._lease_rollouts, request)
 
     async def SubmitRollouts(self, request, context):
-        return await self._run(context, self._submit_rollouts, request)
+        return await self._run(context, "SubmitRollouts", self._submit_rollouts, request)
 
     async def LeaseTraining(self, request, context):
-        return await self._run(context, self._lease_training, request)
+        return await self._run(context, "LeaseTraining", self._lease_training, request)
 
     async def SubmitTraining(self, request, context):
-        return await self._run(context, self._submit_training, request)
+        return await self._run(context, "SubmitTraining", self._submit_training, request)
 
     async def ReturnLeases(self, request, context):
-        return await self._run(context, self._return_leases, request)
+        return await self._run(context, "ReturnLeases", self._return_leases, request)
 
     # --- read-only calls ---
 
     async def GetVersion(self, request, context):
-        return await self._run(context, publisher.manifest, self.ctx, request)
+        return await self._run(context, "GetVersion", publisher.manifest, self.ctx, request)
 
     async def FetchVersion(self, request, context):
         row = self.ctx.store.version(request.version)

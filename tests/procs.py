@@ -43,11 +43,11 @@ class Proc:
 
 class Coordinator(Proc):
     def __init__(self, run: str, data: Path, log_dir: Path, name: str = "coordinator",
-                 listen: str = "127.0.0.1:0") -> None:
+                 listen: str = "127.0.0.1:0", extra: tuple[str, ...] = ()) -> None:
         address_file = data / "coordinator.addr"
         address_file.unlink(missing_ok=True)  # left behind by a killed coordinator
         super().__init__(name, ["coordinator", "serve", "--run", run, "--listen", listen,
-                                "--data", str(data)], log_dir)
+                                "--data", str(data), *extra], log_dir)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not address_file.exists():
             if self.popen.poll() is not None or time.monotonic() > deadline:
