@@ -28,3 +28,7 @@ def not_found(reason: str, message: str) -> RpcError:
 
 def unauthenticated(reason: str, message: str) -> RpcError:
     return RpcError(grpc.StatusCode.UNAUTHENTICATED, reason, message)
+
+
+def exhausted(reason: str, message: str) -> RpcError:
+    return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, reason, message)

@@ -5,8 +5,9 @@ Rules:
 - rollouts are generated for the current version, and only while the pool plus the work in flight
   is short of one batch: while a trainer trains on one batch, inference generates the next (up to
   max_async_level versions behind by the time it is used), and nothing piles up to go stale;
-- a training shard is one batch of pool groups no more than max_async_level versions old, leased to
-  one trainer per round; its groups go back to the pool if the lease expires or is returned.
+- training: a round's batch is pool groups no more than max_async_level versions old, cut into one
+  shard per trainer of the round (rounds.py); a shard goes back to the pool if its lease expires or
+  is returned.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ import secrets
 
 from protocol.v1 import coordinator_pb2 as pb
 
+from . import rounds
 from .context import RunContext
 from .errors import denied, not_found, precondition
-from .store import Lease, now_ms, unpack_floats, unpack_ints
+from .store import Lease, now_ms
 
 NO_WORK_RETRY_MS = 500
+PAUSED_RETRY_MS = 5000
 
 
 def expire_leases(ctx: RunContext) -> int:
@@ -39,10 +42,12 @@ def release(ctx: RunContext, lease: Lease, state: str) -> None:
     ctx.store.close_lease(lease.lease_id, state)
     if lease.kind == "train":
         ctx.store.set_groups_state(ctx.store.groups_of_train_lease(lease.lease_id), "pool")
+    elif lease.kind == "verify":  # its jobs wait for the next validator
+        ctx.store.set_verify_lease(lease.spec["jobs"], None)
     ctx.store.event("lease", f"{lease.kind} lease {lease.lease_id[:8]} of {lease.node_id[-8:]} {state}")
 
 
-def _new_lease(ctx: RunContext, node_id: str, kind: str, version: int, spec: dict, seconds: float) -> Lease:
+def new_lease(ctx: RunContext, node_id: str, kind: str, version: int, spec: dict, seconds: float) -> Lease:
     t = now_ms()
     lease = Lease(secrets.token_hex(16), node_id, kind, version, spec, t, t + int(seconds * 1000), "active")
     ctx.store.add_lease(lease)
@@ -53,7 +58,7 @@ def _eval_due(ctx: RunContext) -> int | None:
     every = ctx.config.eval.every
     if every == 0:
         return None
-    busy = {lease.version for lease in ctx.store.active_leases("eval")}
+    busy = {lease.version for lease in ctx.store.active_leases("eval")} | ctx.store.pending_eval_versions()
     for row in ctx.store.versions():
         if (row["eval_accuracy"] is None and row["version"] % every == 0 and row["version"] not in busy
                 and ctx.blobs.has(row["sha256"])):
@@ -64,12 +69,14 @@ def _eval_due(ctx: RunContext) -> int | None:
 def _rollout_room(ctx: RunContext, version: int) -> int:
     """How many more prompts may be leased for generation now."""
     cfg = ctx.config.rollouts
-    pooled = len(ctx.store.pool_groups(version - cfg.max_async_level))
+    pooled = len(ctx.store.pool_groups(version - cfg.max_async_level)) + ctx.store.count_groups("pending")
     in_flight = sum(len(lease.spec["task_ids"]) for lease in ctx.store.active_leases("rollout"))
     return cfg.batch_groups - pooled - in_flight
 
 
 def lease_rollouts(ctx: RunContext, node_id: str, max_prompts: int) -> pb.RolloutLease:
+    if ctx.store.paused():  # an admin paused the run: no new work (issue 6)
+        return pb.RolloutLease(has_work=False, retry_after_ms=PAUSED_RETRY_MS)
     expire_leases(ctx)
     cfg = ctx.config
     version = ctx.store.current_version()
@@ -79,7 +86,7 @@ def lease_rollouts(ctx: RunContext, node_id: str, max_prompts: int) -> pb.Rollou
         if eval_version is not None:
             task_ids = ctx.env.eval_ids()
             spec = {"task_ids": task_ids, "group_size": 1, "seed": 0, "greedy": True}
-            lease = _new_lease(ctx, node_id, "eval", eval_version, spec, cfg.rollouts.lease_seconds)
+            lease = new_lease(ctx, node_id, "eval", eval_version, spec, cfg.rollouts.lease_seconds)
         else:
             room = min(limit, _rollout_room(ctx, version))
             if room <= 0:
@@ -89,7 +96,7 @@ def lease_rollouts(ctx: RunContext, node_id: str, max_prompts: int) -> pb.Rollou
             rng = random.Random(f"{cfg.seed}:shard:{counter}")
             spec = {"task_ids": ctx.env.sample_train_ids(rng, room), "group_size": cfg.rollouts.group_size,
                     "seed": rng.getrandbits(63), "greedy": False}
-            lease = _new_lease(ctx, node_id, "rollout", version, spec, cfg.rollouts.lease_seconds)
+            lease = new_lease(ctx, node_id, "rollout", version, spec, cfg.rollouts.lease_seconds)
         ctx.store.set_node_status(node_id, "evaluating" if lease.kind == "eval" else "generating")
     ctx.notify()
     return pb.RolloutLease(
@@ -101,33 +108,16 @@ def lease_rollouts(ctx: RunContext, node_id: str, max_prompts: int) -> pb.Rollou
                                    greedy=spec["greedy"]))
 
 
-def lease_training(ctx: RunContext, node_id: str) -> pb.TrainingLease:
+def lease_training(ctx: RunContext, node_id: str, maddrs: list[str]) -> pb.TrainingLease:
+    """A shard of the current DiLoCo round (rounds.py), or when to ask again."""
+    if ctx.store.paused():
+        return pb.TrainingLease(has_work=False, retry_after_ms=PAUSED_RETRY_MS)
     expire_leases(ctx)
-    cfg = ctx.config
-    version = ctx.store.current_version()
     with ctx.store.tx():
-        if ctx.store.active_leases("train"):
-            return pb.TrainingLease(has_work=False, retry_after_ms=NO_WORK_RETRY_MS)
-        oldest = version - cfg.rollouts.max_async_level
-        dropped = ctx.store.mark_stale(oldest)
-        if dropped:
-            ctx.store.event("pool", f"{dropped} groups older than version {oldest} dropped as stale")
-        pool = ctx.store.pool_groups(oldest)
-        if len(pool) < cfg.rollouts.batch_groups:
-            return pb.TrainingLease(has_work=False, retry_after_ms=NO_WORK_RETRY_MS)
-        group_ids = [row["group_id"] for row in pool[:cfg.rollouts.batch_groups]]
-        lease = _new_lease(ctx, node_id, "train", version, {"group_ids": group_ids}, cfg.grpo.lease_seconds)
-        ctx.store.set_groups_state(group_ids, "reserved", lease.lease_id)
-        ctx.store.set_node_status(node_id, "training")
-        samples = ctx.store.training_samples(group_ids)
-    ctx.notify()
-    return pb.TrainingLease(
-        has_work=True, lease_id=lease.lease_id, parent_version=version, deadline_ms=lease.deadline_ms,
-        samples=[pb.TrainingSample(rollout_id=s["rollout_id"], group_id=s["group_id"],
-                                   prompt_ids=unpack_ints(s["prompt_ids"]),
-                                   completion_ids=unpack_ints(s["completion_ids"]),
-                                   logprobs=unpack_floats(s["logprobs"]), reward=s["reward"],
-                                   version=s["version"]) for s in samples])
+        lease = rounds.train_lease(ctx, node_id, maddrs, NO_WORK_RETRY_MS)
+    if lease.has_work:
+        ctx.notify()
+    return lease
 
 
 def return_leases(ctx: RunContext, node_id: str) -> int:

@@ -1,4 +1,5 @@
-"""The coordinator process: open (or resume) a run's data dir, serve gRPC, sweep expired leases."""
+"""The coordinator process: open (or resume) a run's data dir, serve gRPC (plaintext on loopback,
+TLS anywhere), sweep expired leases."""
 from __future__ import annotations
 
 import asyncio
@@ -11,12 +12,17 @@ from pathlib import Path
 import grpc
 from transformers import AutoConfig
 
-from protocol.config import RunConfig
+from protocol.config import HOST_ONLY, RunConfig
 from protocol.envs import make_environment
 from protocol.identity import Identity
 from protocol.models import resolve_model
 from protocol.policy import initial_blob, load_tokenizer
+from protocol.v1 import admin_pb2_grpc as apb_grpc
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
+
+from . import tls
+from .admin import AdminService
+from .guard import DecodeGuard
 
 from .blobs import BlobStore
 from .context import RunContext
@@ -25,6 +31,7 @@ from .publisher import publish_initial
 from .scheduler import expire_leases
 from .service import CoordinatorService
 from .store import Store
+from .validator import EmbeddedValidator
 
 log = logging.getLogger("potluck.coordinator")
 MAX_MESSAGE_BYTES = 16 << 20
@@ -44,7 +51,7 @@ def open_run(config: RunConfig, data_dir: Path) -> RunContext:
     stored = store.get_meta("run_config")
     if stored is None:
         store.set_meta("run_config", config.model_dump_json())
-    elif RunConfig.model_validate_json(stored) != config:
+    elif _run_part(RunConfig.model_validate_json(stored)) != _run_part(config):
         raise RunMismatch(f"{data_dir} holds run {RunConfig.model_validate_json(stored).name!r} with another "
                           f"config; use a fresh --data dir or the same run file")
     tokenizer = load_tokenizer(config.model.name)
@@ -57,12 +64,17 @@ def open_run(config: RunConfig, data_dir: Path) -> RunContext:
     return ctx
 
 
-def check_listen(listen: str, insecure: bool) -> None:
+def _run_part(config: RunConfig) -> dict:
+    """What must not change across restarts of a run ([admission] and [limits] may)."""
+    return config.model_dump(exclude=HOST_ONLY)
+
+
+def check_listen(listen: str, insecure: bool, use_tls: bool = False) -> None:
     host = listen.rsplit(":", 1)[0].strip("[]")
     loopback = host == "localhost" or (host and _is_loopback(host))
-    if not loopback and not insecure:
-        raise ValueError(f"refusing to serve plaintext gRPC on {listen}: TLS is not built yet, so only "
-                         f"loopback is allowed unless you pass --insecure")
+    if not loopback and not insecure and not use_tls:
+        raise ValueError(f"refusing to serve plaintext gRPC on {listen}: pass --tls (nodes then pin the "
+                         f"printed fingerprint), or --insecure to force plaintext")
 
 
 def _is_loopback(host: str) -> bool:
@@ -84,32 +96,46 @@ async def _sweep(ctx: RunContext) -> None:
         expire_leases(ctx)
 
 
-async def serve(config: RunConfig, listen: str, data_dir: Path, metrics_listen: str | None = None) -> None:
+async def serve(config: RunConfig, listen: str, data_dir: Path, metrics_listen: str | None = None,
+                use_tls: bool = False, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
     ctx = open_run(config, data_dir)
     metrics = Metrics()
     if metrics_listen:
         bound = metrics.serve(metrics_listen, data_dir / "state.sqlite")
         _write_address(data_dir / METRICS_ADDRESS_FILE, bound)
         log.info("Prometheus metrics on http://%s/metrics", bound)
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    server = grpc.aio.server(interceptors=[DecodeGuard()],
+                             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorService(ctx, metrics), server)
-    port = server.add_insecure_port(listen)
+    service = CoordinatorService(ctx, metrics)
+    pb_grpc.add_CoordinatorServicer_to_server(service, server)
+    apb_grpc.add_AdminServicer_to_server(AdminService(ctx, service._run), server)
+    host = listen.rsplit(":", 1)[0]
+    if use_tls:
+        cert_pem, key_pem = tls.load_or_create(data_dir, host.strip("[]"), tls_cert, tls_key)
+        port = server.add_secure_port(listen, grpc.ssl_server_credentials([(key_pem, cert_pem)]))
+    else:
+        port = server.add_insecure_port(listen)
     await server.start()
-    address = f"{listen.rsplit(':', 1)[0]}:{port}"
+    address = f"{host}:{port}"
+    if use_tls:
+        pin = (data_dir / tls.FINGERPRINT_FILE).read_text().strip()
+        log.info("TLS certificate fingerprint %s (nodes: --coordinator %s --fingerprint %s)", pin, address, pin)
     _write_address(data_dir / ADDRESS_FILE, address)
-    log.info("coordinator for run %r serving on %s (version %d, data %s)", config.name, address,
-             ctx.store.current_version(), data_dir)
+    log.info("coordinator for run %r serving on %s%s (version %d, data %s)", config.name, address,
+             " with TLS" if use_tls else "", ctx.store.current_version(), data_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     sweeper = asyncio.create_task(_sweep(ctx))
+    tasks = [sweeper] + ([asyncio.create_task(EmbeddedValidator(ctx).run())] if config.verification.embedded else [])
     try:
         await stop.wait()
     finally:
         log.info("coordinator stopping")
-        sweeper.cancel()
+        for task in tasks:
+            task.cancel()
         ctx.changes.close()
         await server.stop(grace=2)
         ctx.store.close()

@@ -1,7 +1,9 @@
 """The gRPC service: authenticate each signed request, dispatch it, map errors to statuses.
 
-Checks, in order: the node id is well formed, the node is known (Register excepted), the signature
-verifies over the exact body bytes, the nonce is fresh, the body parses. Each failure is answered
+Checks, in order: the node id is well formed, the node is known (Register excepted), the body is
+within its RPC's size cap, the signature verifies over the exact body bytes, the node is not banned,
+it is within its rate limit, the nonce's time is within the clock window of the server's, the nonce
+is fresh, the body parses, its fields pass coordinator/limits.py's rules. Each failure is answered
 with its own status and a `potluck-reason` trailer; the server never drops a connection for it.
 """
 from __future__ import annotations
@@ -13,15 +15,17 @@ import time
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from protocol.config import HOST_ONLY
 from protocol.identity import public_key_of, verify
-from protocol.signing import signing_payload
+from protocol.signing import nonce_skew_s, signing_payload
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
-from . import intake, publisher, scheduler
+from . import admission, intake, limits, publisher, scheduler, verdicts
 from .context import RunContext
-from .errors import RpcError, denied, invalid, precondition, unauthenticated
+from .errors import RpcError, denied, exhausted, invalid, precondition, unauthenticated
 from .metrics import Metrics
+from .ratelimit import TokenBuckets
 from .snapshot import RateMeter, build_snapshot
 from .store import now_ms
 
@@ -35,6 +39,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.ctx = ctx
         self.metrics = metrics
         self.meter = RateMeter()
+        self.rates = TokenBuckets(ctx.config.limits.rate_per_s, ctx.config.limits.burst)
+        self.streams = limits.StreamGate(ctx.config.limits.max_streams)
 
     async def _run(self, context: grpc.aio.ServicerContext, method: str, handler, *args):
         """Answer with handler's reply, or with the status its RpcError names; a bug becomes
@@ -44,6 +50,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             return handler(*args)
         except RpcError as err:
             code = err.code
+            log.info("refused %s: %s", method, err.message,
+                     extra={"rpc": method, "code": code.name, "reason": err.reason})
             await context.abort(err.code, err.message, trailing_metadata=(("potluck-reason", err.reason),))
         except Exception:
             log.exception("%s failed", method)
@@ -63,8 +71,19 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         row = self.ctx.store.node(node_id)
         if row is None and not register:
             raise precondition("unknown_node", f"node {node_id} is not registered; call Register first")
+        limits.check_body_size(method, request.body)
         if not verify(key, signing_payload(method, node_id, request.nonce, request.body), request.signature):
             raise unauthenticated("bad_signature", f"signature does not verify for node {node_id}")
+        if self.ctx.store.banned(node_id):
+            raise denied("banned", f"node {node_id} is banned from this run")
+        wait = self.rates.take(node_id)
+        if wait > 0:
+            raise exhausted("rate_limited", f"node {node_id} exceeds {self.ctx.config.limits.rate_per_s:g} "
+                                            f"calls/s; retry in {wait:.2f}s")
+        skew, window = nonce_skew_s(request.nonce), self.ctx.config.admission.clock_skew_seconds
+        if abs(skew) > window:
+            raise unauthenticated("stale_timestamp", f"the nonce's time is {skew:+.0f}s from the coordinator's "
+                                                     f"clock; the window is ±{window:g}s (check this machine's clock)")
         if row is not None and not self.ctx.store.claim_nonce(node_id, request.nonce):
             raise unauthenticated("replayed_nonce", f"nonce {request.nonce} is not greater than the last one "
                                                     f"seen from {node_id} (replayed or stale request)")
@@ -73,11 +92,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             body.ParseFromString(request.body)
         except DecodeError as exc:
             raise invalid("malformed_body", f"{method} body does not parse as {body_type.__name__}: {exc}") from None
+        limits.check_fields(body)
         return node_id, body
 
     def _role(self, node_id: str, role: int) -> None:
         if self.ctx.store.node(node_id)["role"] != role:
             raise denied("wrong_role", f"node {node_id} does not hold the {pb.Role.Name(role)} role")
+        if self.ctx.store.node(node_id)["quarantined"]:
+            raise denied("quarantined", f"node {node_id} failed a verification check and gets no more work")
 
     # --- signed, state-changing calls ---
 
@@ -85,13 +107,17 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         node_id, body = self._authenticate("Register", request, pb.RegisterBody, register=True)
         if body.public_key != public_key_of(node_id):
             raise invalid("key_mismatch", "body.public_key is not the key of node_id")
+        rules = self.ctx.config.admission
+        admission.check_token(rules, body.join_token)
+        known = self.ctx.store.node(node_id)
+        credit = known["credit"] if known is not None else 0.0
         role = body.role
         if role == pb.ROLE_UNSPECIFIED:
             trainers = [n for n in self.ctx.store.nodes() if n["role"] == pb.ROLE_TRAINER and n["state"] != "left"]
-            role = pb.ROLE_INFERENCE if trainers else pb.ROLE_TRAINER
-        if role == pb.ROLE_VALIDATOR:
-            raise denied("role_unavailable", "this coordinator has no validator role yet")
-        name = body.name[:64] or node_id[-8:]
+            may_train = admission.role_allowed(rules, pb.ROLE_TRAINER, node_id, credit)
+            role = pb.ROLE_INFERENCE if trainers or not may_train else pb.ROLE_TRAINER
+        admission.check_role(rules, role, node_id, credit)
+        name = body.name or node_id[-8:]
         with self.ctx.store.tx():
             fresh = self.ctx.store.node(node_id) is None
             self.ctx.store.upsert_node(node_id, body.public_key, name, role, body.hardware.SerializeToString())
@@ -101,9 +127,17 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.ctx.notify()
         return pb.RegisterReply(
             node_id=node_id, role=role, run_name=self.ctx.config.name,
-            run_config_json=self.ctx.config.model_dump_json(), coordinator_public_key=self.ctx.identity.public_key,
-            heartbeat_interval_ms=int(self.ctx.config.heartbeat_seconds * 1000), server_time_ms=now_ms(),
+            run_config_json=self.ctx.config.model_dump_json(exclude=HOST_ONLY),
+            coordinator_public_key=self.ctx.identity.public_key,
+            heartbeat_interval_ms=self._heartbeat_interval_ms(), server_time_ms=now_ms(),
             current_version=self.ctx.store.current_version())
+
+    def _heartbeat_interval_ms(self) -> int:
+        """The run's heartbeat interval, stretched (BOINC-style) so the whole swarm's heartbeats stay
+        near limits.heartbeat_target_rps however many nodes there are."""
+        online = self.ctx.store.count_nodes_not_left()
+        seconds = max(self.ctx.config.heartbeat_seconds, online / self.ctx.config.limits.heartbeat_target_rps)
+        return int(seconds * 1000)
 
     def _heartbeat(self, request: pb.SignedRequest) -> pb.HeartbeatReply:
         node_id, body = self._authenticate("Heartbeat", request, pb.HeartbeatBody)
@@ -120,13 +154,26 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         return intake.submit_rollouts(self.ctx, node_id, body)
 
     def _lease_training(self, request: pb.SignedRequest) -> pb.TrainingLease:
-        node_id, _ = self._authenticate("LeaseTraining", request, pb.LeaseTrainingBody)
+        node_id, body = self._authenticate("LeaseTraining", request, pb.LeaseTrainingBody)
         self._role(node_id, pb.ROLE_TRAINER)
-        return scheduler.lease_training(self.ctx, node_id)
+        publisher.settle_rounds(self.ctx)  # a round may be decidable now that a lease has expired
+        return scheduler.lease_training(self.ctx, node_id, list(body.p2p_maddrs))
 
     def _submit_training(self, request: pb.SignedRequest) -> pb.SubmitTrainingReply:
         node_id, body = self._authenticate("SubmitTraining", request, pb.SubmitTrainingBody)
         return publisher.submit_training(self.ctx, node_id, body)
+
+    def _lease_verification(self, request: pb.SignedRequest) -> pb.VerificationLease:
+        node_id, body = self._authenticate("LeaseVerification", request, pb.LeaseVerificationBody)
+        self._role(node_id, pb.ROLE_VALIDATOR)
+        return verdicts.lease_jobs(self.ctx, node_id, min(body.max_jobs or verdicts.MAX_JOB_ROLLOUTS,
+                                                          verdicts.MAX_JOB_ROLLOUTS))
+
+    def _submit_verdicts(self, request: pb.SignedRequest) -> pb.SubmitVerdictsReply:
+        node_id, body = self._authenticate("SubmitVerdicts", request, pb.SubmitVerdictsBody)
+        self._role(node_id, pb.ROLE_VALIDATOR)
+        recorded = verdicts.record_verdicts(self.ctx, node_id, body.lease_id, list(body.verdicts))
+        return pb.SubmitVerdictsReply(recorded=recorded, credit=self.ctx.store.node(node_id)["credit"])
 
     def _return_leases(self, request: pb.SignedRequest) -> pb.ReturnLeasesReply:
         node_id, _ = self._authenticate("ReturnLeases", request, pb.ReturnLeasesBody)
@@ -150,15 +197,34 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     async def SubmitTraining(self, request, context):
         return await self._run(context, "SubmitTraining", self._submit_training, request)
 
+    async def LeaseVerification(self, request, context):
+        return await self._run(context, "LeaseVerification", self._lease_verification, request)
+
+    async def SubmitVerdicts(self, request, context):
+        return await self._run(context, "SubmitVerdicts", self._submit_verdicts, request)
+
     async def ReturnLeases(self, request, context):
         return await self._run(context, "ReturnLeases", self._return_leases, request)
 
     # --- read-only calls ---
 
     async def GetVersion(self, request, context):
-        return await self._run(context, "GetVersion", publisher.manifest, self.ctx, request)
+        return await self._run(context, "GetVersion", self._get_version, request)
+
+    def _get_version(self, request: pb.GetVersionRequest) -> pb.VersionManifest:
+        limits.check_fields(request)
+        return publisher.manifest(self.ctx, request)
 
     async def FetchVersion(self, request, context):
+        try:
+            with self.streams.admit("FetchVersion"):
+                async for chunk in self._fetch_version(request, context):
+                    yield chunk
+        except RpcError as err:
+            await context.abort(err.code, err.message, trailing_metadata=(("potluck-reason", err.reason),))
+
+    async def _fetch_version(self, request, context):
+        limits.check_fields(request)
         row = self.ctx.store.version(request.version)
         if row is None or not self.ctx.blobs.has(row["sha256"]):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no bytes for version {request.version}",
@@ -173,6 +239,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             offset += len(data)
 
     async def Watch(self, request, context):
+        try:
+            with self.streams.admit("Watch"):
+                async for snapshot in self._watch():
+                    yield snapshot
+        except RpcError as err:
+            await context.abort(err.code, err.message, trailing_metadata=(("potluck-reason", err.reason),))
+
+    async def _watch(self):
         with self.ctx.changes.subscribe() as changed:
             while not self.ctx.changes.closed:
                 changed.clear()

@@ -23,7 +23,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_nonce INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'registered',
     tokens_per_s REAL NOT NULL DEFAULT 0, credit REAL NOT NULL DEFAULT 0,
     rollouts_accepted INTEGER NOT NULL DEFAULT 0, rollouts_rejected INTEGER NOT NULL DEFAULT 0,
-    tokens_generated INTEGER NOT NULL DEFAULT 0);
+    tokens_generated INTEGER NOT NULL DEFAULT 0,
+    quarantined INTEGER NOT NULL DEFAULT 0, verified_ok INTEGER NOT NULL DEFAULT 0,
+    verified_failed INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS leases (
     lease_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
     spec TEXT NOT NULL, created_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
@@ -37,14 +39,39 @@ CREATE TABLE IF NOT EXISTS groups (
 CREATE INDEX IF NOT EXISTS groups_by_state ON groups (state, version);
 CREATE TABLE IF NOT EXISTS rollouts (
     rollout_id INTEGER PRIMARY KEY AUTOINCREMENT, group_id INTEGER NOT NULL, sample_index INTEGER NOT NULL,
-    completion_ids BLOB NOT NULL, logprobs BLOB NOT NULL, reward REAL NOT NULL, finished INTEGER NOT NULL);
+    completion_ids BLOB NOT NULL, logprobs BLOB NOT NULL, reward REAL NOT NULL, finished INTEGER NOT NULL,
+    proofs BLOB NOT NULL DEFAULT x'');
 CREATE INDEX IF NOT EXISTS rollouts_by_group ON rollouts (group_id);
 CREATE TABLE IF NOT EXISTS versions (
     version INTEGER PRIMARY KEY, parent INTEGER, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
     manifest TEXT NOT NULL, signature BLOB NOT NULL, created_ms INTEGER NOT NULL, trainer TEXT NOT NULL,
     rollouts_used INTEGER NOT NULL DEFAULT 0, eval_accuracy REAL);
+-- One row per accepted-for-checking rollout submission (its rollout/eval lease). state: pending
+-- (a validator's check to come), accepted, rejected, void (its node was caught before it was checked).
+CREATE TABLE IF NOT EXISTS submissions (
+    lease_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
+    state TEXT NOT NULL, verified INTEGER NOT NULL, tokens INTEGER NOT NULL, rollouts INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL, verify_lease TEXT);
+CREATE INDEX IF NOT EXISTS submissions_by_state ON submissions (state, node_id);
+CREATE TABLE IF NOT EXISTS verdicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, lease_id TEXT NOT NULL, node_id TEXT NOT NULL,
+    validator TEXT NOT NULL, accepted INTEGER NOT NULL, check_name TEXT NOT NULL, detail TEXT NOT NULL,
+    figures TEXT NOT NULL, time_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS bans (
+    node_id TEXT PRIMARY KEY, reason TEXT NOT NULL, time_ms INTEGER NOT NULL);
+-- DiLoCo rounds (issue 4). state: forming, training, published, rejected, failed. members: JSON
+-- [{node_id, maddrs, lease_id, group_ids}] in joining order.
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id TEXT PRIMARY KEY, version INTEGER NOT NULL, state TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    members TEXT NOT NULL, group_ids TEXT NOT NULL, outcome TEXT NOT NULL DEFAULT '');
+-- A trainer's result in a round: its candidate version blob and its own pseudo-gradient (both in the
+-- blob store), the peers its all-reduce combined, and the verdict: pending, agreed, outvoted, rejected.
+CREATE TABLE IF NOT EXISTS round_results (
+    round_id TEXT NOT NULL, node_id TEXT NOT NULL, candidate TEXT NOT NULL, size INTEGER NOT NULL,
+    delta TEXT NOT NULL, samples INTEGER NOT NULL, averaged_with TEXT NOT NULL, delta_norm REAL NOT NULL,
+    verdict TEXT NOT NULL, created_ms INTEGER NOT NULL, PRIMARY KEY (round_id, node_id));
 """
 
 
@@ -66,6 +93,24 @@ def unpack_ints(blob: bytes) -> list[int]:
 
 def unpack_floats(blob: bytes) -> list[float]:
     return np.frombuffer(blob, dtype="<f4").tolist()
+
+
+def pack_proofs(proofs) -> bytes:
+    """A rollout's proofs in one blob: each one preceded by its length (u16, big-endian)."""
+    return b"".join(len(p).to_bytes(2, "big") + p for p in proofs)
+
+
+def unpack_proofs(blob: bytes) -> list[bytes]:
+    proofs, at = [], 0
+    while at < len(blob):
+        size = int.from_bytes(blob[at:at + 2], "big")
+        proofs.append(blob[at + 2:at + 2 + size])
+        at += 2 + size
+    return proofs
+
+
+# Group states of accepted training rollouts; the others are pending, rejected, void and eval.
+ACCEPTED_GROUP_STATES = ("pool", "reserved", "consumed", "skipped", "stale")
 
 
 @dataclass(frozen=True)
@@ -182,7 +227,7 @@ class Store:
 
     # rollout groups
     def add_group(self, lease_id: str, node_id: str, version: int, task_id: int, prompt_ids: list[int],
-                  rollouts: list[tuple[int, list[int], list[float], float, bool]], state: str) -> None:
+                  rollouts: list[tuple[int, list[int], list[float], float, bool, bytes]], state: str) -> None:
         rewards = np.array([r[3] for r in rollouts], dtype=np.float64)
         cursor = self.db.execute(
             "INSERT INTO groups (lease_id, node_id, version, task_id, prompt_ids, reward_mean, reward_std,"
@@ -190,10 +235,10 @@ class Store:
             (lease_id, node_id, version, task_id, pack_ints(prompt_ids), float(rewards.mean()),
              float(rewards.std()), state, now_ms()))
         self.db.executemany(
-            "INSERT INTO rollouts (group_id, sample_index, completion_ids, logprobs, reward, finished)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(cursor.lastrowid, index, pack_ints(ids), pack_floats(lps), reward, int(finished))
-             for index, ids, lps, reward, finished in rollouts])
+            "INSERT INTO rollouts (group_id, sample_index, completion_ids, logprobs, reward, finished, proofs)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(cursor.lastrowid, index, pack_ints(ids), pack_floats(lps), reward, int(finished), proofs)
+             for index, ids, lps, reward, finished, proofs in rollouts])
 
     def pool_groups(self, min_version: int) -> list[sqlite3.Row]:
         return self.db.execute("SELECT group_id, version, reward_mean FROM groups WHERE state='pool'"
@@ -222,7 +267,7 @@ class Store:
         """version -> (mean reward, rollouts) over every accepted training rollout it generated."""
         rows = self.db.execute(
             "SELECT g.version, AVG(r.reward) AS mean, COUNT(*) AS n FROM rollouts r JOIN groups g USING (group_id)"
-            " GROUP BY g.version").fetchall()
+            f" WHERE g.state IN ({','.join(repr(s) for s in ACCEPTED_GROUP_STATES)}) GROUP BY g.version").fetchall()
         return {r["version"]: (r["mean"], r["n"]) for r in rows}
 
     # versions
@@ -245,6 +290,140 @@ class Store:
 
     def set_eval(self, version: int, accuracy: float) -> None:
         self.db.execute("UPDATE versions SET eval_accuracy=? WHERE version=?", (accuracy, version))
+
+    # admin: bans and pause (issue 6)
+    def ban(self, node_id: str, reason: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO bans (node_id, reason, time_ms) VALUES (?, ?, ?)",
+                        (node_id, reason, now_ms()))
+
+    def unban(self, node_id: str) -> bool:
+        return self.db.execute("DELETE FROM bans WHERE node_id=?", (node_id,)).rowcount == 1
+
+    def banned(self, node_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM bans WHERE node_id=?", (node_id,)).fetchone() is not None
+
+    def bans(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM bans ORDER BY time_ms").fetchall()
+
+    def paused(self) -> bool:
+        return self.get_meta("paused") == "1"
+
+    def group_counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, COUNT(*) FROM groups GROUP BY state").fetchall())
+
+    def count_nodes_not_left(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM nodes WHERE state != 'left'").fetchone()[0]
+
+    # verification (issue 3): submissions, verdicts, quarantine
+    def add_submission(self, lease: Lease, state: str, verified: bool, tokens: int, rollouts: int) -> None:
+        self.db.execute("INSERT INTO submissions (lease_id, node_id, kind, version, state, verified, tokens,"
+                        " rollouts, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (lease.lease_id, lease.node_id, lease.kind, lease.version, state, int(verified), tokens,
+                         rollouts, now_ms()))
+
+    def submission(self, lease_id: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM submissions WHERE lease_id=?", (lease_id,)).fetchone()
+
+    def unleased_pending_submissions(self, limit_rollouts: int) -> list[sqlite3.Row]:
+        """Pending submissions no validator holds, oldest first, up to limit_rollouts rollouts (at least one)."""
+        rows = self.db.execute("SELECT * FROM submissions WHERE state='pending' AND verify_lease IS NULL"
+                               " ORDER BY created_ms, lease_id").fetchall()
+        chosen, total = [], 0
+        for row in rows:
+            if chosen and total + row["rollouts"] > limit_rollouts:
+                break
+            chosen.append(row)
+            total += row["rollouts"]
+        return chosen
+
+    def set_verify_lease(self, lease_ids: list[str], verify_lease: str | None) -> None:
+        self.db.executemany("UPDATE submissions SET verify_lease=? WHERE lease_id=? AND state='pending'",
+                            [(verify_lease, lease_id) for lease_id in lease_ids])
+
+    def set_submission_state(self, lease_id: str, state: str, verified: bool) -> None:
+        self.db.execute("UPDATE submissions SET state=?, verified=? WHERE lease_id=?",
+                        (state, int(verified), lease_id))
+
+    def submissions_of(self, node_id: str, states: tuple[str, ...]) -> list[sqlite3.Row]:
+        marks = ",".join("?" * len(states))
+        return self.db.execute(f"SELECT * FROM submissions WHERE node_id=? AND state IN ({marks})",
+                               (node_id, *states)).fetchall()
+
+    def pending_eval_versions(self) -> set[int]:
+        rows = self.db.execute("SELECT version FROM submissions WHERE kind='eval' AND state='pending'").fetchall()
+        return {r["version"] for r in rows}
+
+    def groups_of_submission(self, lease_id: str) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM groups WHERE lease_id=? ORDER BY group_id", (lease_id,)).fetchall()
+
+    def rollouts_of_groups(self, group_ids: list[int]) -> list[sqlite3.Row]:
+        marks = ",".join("?" * len(group_ids))
+        return self.db.execute(f"SELECT * FROM rollouts WHERE group_id IN ({marks}) ORDER BY group_id, sample_index",
+                               group_ids).fetchall()
+
+    def count_groups(self, state: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM groups WHERE state=?", (state,)).fetchone()[0]
+
+    def count_pending_rollouts(self) -> int:
+        return self.db.execute("SELECT COALESCE(SUM(rollouts), 0) FROM submissions WHERE state='pending'"
+                               ).fetchone()[0]
+
+    def add_verdict(self, lease_id: str, node_id: str, validator: str, accepted: bool, check: str, detail: str,
+                    figures: dict[str, float]) -> None:
+        self.db.execute("INSERT INTO verdicts (lease_id, node_id, validator, accepted, check_name, detail, figures,"
+                        " time_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (lease_id, node_id, validator, int(accepted), check, detail, json.dumps(figures), now_ms()))
+
+    def recent_verdicts(self, limit: int) -> list[sqlite3.Row]:
+        rows = self.db.execute(
+            "SELECT v.*, s.kind, s.version, s.rollouts FROM verdicts v LEFT JOIN submissions s USING (lease_id)"
+            " ORDER BY v.id DESC LIMIT ?", (limit,)).fetchall()
+        return rows[::-1]
+
+    def count_verified(self, node_id: str, ok: bool) -> None:
+        column = "verified_ok" if ok else "verified_failed"
+        self.db.execute(f"UPDATE nodes SET {column}={column}+1 WHERE node_id=?", (node_id,))
+
+    def quarantine(self, node_id: str) -> None:
+        self.db.execute("UPDATE nodes SET quarantined=1 WHERE node_id=?", (node_id,))
+
+    # DiLoCo rounds
+    def add_round(self, round_id: str, version: int, members: list[dict]) -> None:
+        self.db.execute("INSERT INTO rounds (round_id, version, state, created_ms, members, group_ids)"
+                        " VALUES (?, ?, 'forming', ?, ?, '[]')", (round_id, version, now_ms(), json.dumps(members)))
+
+    def rounds(self, states: tuple[str, ...]) -> list[dict]:
+        marks = ",".join("?" * len(states))
+        rows = self.db.execute(f"SELECT * FROM rounds WHERE state IN ({marks}) ORDER BY created_ms", states)
+        return [dict(r, members=json.loads(r["members"]), group_ids=json.loads(r["group_ids"])) for r in rows]
+
+    def update_round(self, round_id: str, state: str, members: list[dict], group_ids: list[int],
+                     outcome: str = "") -> None:
+        self.db.execute("UPDATE rounds SET state=?, members=?, group_ids=?, outcome=? WHERE round_id=?",
+                        (state, json.dumps(members), json.dumps(group_ids), outcome, round_id))
+
+    def add_round_result(self, round_id: str, node_id: str, candidate: str, size: int, delta: str, samples: int,
+                         averaged_with: list[str], delta_norm: float) -> None:
+        self.db.execute("INSERT OR REPLACE INTO round_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                        (round_id, node_id, candidate, size, delta, samples, json.dumps(averaged_with),
+                         delta_norm, now_ms()))
+
+    def round_results(self, round_id: str) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM round_results WHERE round_id=? ORDER BY created_ms", (round_id,))
+        return [dict(r, averaged_with=json.loads(r["averaged_with"])) for r in rows]
+
+    def set_verdict(self, round_id: str, node_id: str, verdict: str) -> None:
+        self.db.execute("UPDATE round_results SET verdict=? WHERE round_id=? AND node_id=?",
+                        (verdict, round_id, node_id))
+
+    def accepted_delta_norms(self, limit: int) -> list[float]:
+        rows = self.db.execute("SELECT delta_norm FROM round_results WHERE verdict='agreed'"
+                               " ORDER BY created_ms DESC LIMIT ?", (limit,)).fetchall()
+        return [r["delta_norm"] for r in rows]
+
+    def rejected_trainer(self, node_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM round_results WHERE node_id=? AND verdict='rejected'",
+                               (node_id,)).fetchone() is not None
 
     # events
     def event(self, kind: str, text: str) -> None:

@@ -1,4 +1,5 @@
-"""`potluck node join --coordinator HOST:PORT [--role auto|inference|trainer] [--device cpu|cuda] [--plain]`."""
+"""`potluck node join --coordinator HOST:PORT [--fingerprint sha256:… | --ca FILE] [--join-token T]
+[--role auto|inference|trainer] [--device cpu|cuda] [--plain]`."""
 from __future__ import annotations
 
 import argparse
@@ -10,12 +11,29 @@ from pathlib import Path
 from protocol.identity import default_home
 
 
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """How to reach a coordinator: shared by every command that talks to one."""
+    parser.add_argument("--fingerprint", default=None, metavar="sha256:HEX",
+                        help="pin the coordinator's TLS certificate (printed by `potluck coordinator serve --tls`)")
+    parser.add_argument("--ca", type=Path, default=None, metavar="FILE",
+                        help="verify the coordinator's TLS certificate against this CA bundle (PEM)")
+
+
+def security_of(args: argparse.Namespace):
+    from protocol.channel import Security
+
+    return Security(fingerprint=args.fingerprint, ca=args.ca)
+
+
 def add_commands(subparsers) -> None:
     parser = subparsers.add_parser("node", help="contribute this machine to a run")
     commands = parser.add_subparsers(dest="node_command", required=True)
     join = commands.add_parser("join", help="join a run and work for it until Ctrl-C")
     join.add_argument("--coordinator", required=True, help="HOST:PORT of the run's coordinator")
-    join.add_argument("--role", choices=["auto", "inference", "trainer"], default="auto")
+    add_connection_args(join)
+    join.add_argument("--join-token", default="", help="the run's join token, if its host requires one")
+    join.add_argument("--role", choices=["auto", "inference", "trainer", "validator"], default="auto",
+                      help="validator: re-check others' rollouts (the run's host must admit this node)")
     join.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     join.add_argument("--home", type=Path, default=None,
                       help="identity key and version cache (default $POTLUCK_HOME or ~/.config/potluck)")
@@ -23,23 +41,38 @@ def add_commands(subparsers) -> None:
     join.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     join.add_argument("--plain", action="store_true",
                       help="line logs instead of the live view (the default when not on a terminal)")
+    join.add_argument("--log-format", choices=["text", "json"], default="text",
+                      help="with --plain or off a terminal: json gives one JSON object per line")
     join.set_defaults(handler=_join)
 
 
 def _join(args: argparse.Namespace) -> int:
+    import grpc
+
+    from protocol.logs import configure
+
+    from .client import error_reason
     from .join import configure_threads, join
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure(args.log_format)
     configure_threads(args.threads)
     # The live view needs a terminal both ways; under systemd, a pipe or a log file, it is line logs.
     interactive = not args.plain and sys.stdin.isatty() and sys.stdout.isatty()
     home = args.home or default_home()
+    log = logging.getLogger("potluck.node")
     try:
+        security = security_of(args)
         if interactive:
             from .view import join_with_view  # Textual loads only for the view
 
-            return asyncio.run(join_with_view(args.coordinator, args.role, args.device, home, args.name))
-        return asyncio.run(join(args.coordinator, args.role, args.device, home, args.name))
+            return asyncio.run(join_with_view(args.coordinator, args.role, args.device, home, args.name,
+                                              security, args.join_token))
+        return asyncio.run(join(args.coordinator, args.role, args.device, home, args.name,
+                                security=security, join_token=args.join_token))
     except ValueError as exc:
-        logging.getLogger("potluck.node").error("%s", exc)
+        log.error("%s", exc)
+        return 2
+    except grpc.aio.AioRpcError as err:  # refused at registration: a token, an allowlist, a ban
+        log.error("the coordinator refused this node (%s): %s", error_reason(err) or err.code().name.lower(),
+                  err.details())
         return 2

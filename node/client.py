@@ -7,13 +7,16 @@ import logging
 import grpc
 from google.protobuf.message import Message
 
+from protocol.channel import PLAINTEXT, Security, aio_channel
 from protocol.identity import Identity
 from protocol.signing import NonceClock, sign_request
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
 log = logging.getLogger("potluck.node")
-MAX_MESSAGE_BYTES = 16 << 20
+# UNAVAILABLE: the coordinator is away (restarting, unreachable); RESOURCE_EXHAUSTED with reason
+# rate_limited: this node is calling too fast, so it slows down.
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE,)
+RETRY_REASONS = ("rate_limited", "too_many_streams")
 MAX_BACKOFF_S = 10.0
 
 
@@ -26,12 +29,12 @@ def error_reason(err: grpc.aio.AioRpcError) -> str:
 
 
 class CoordinatorClient:
-    def __init__(self, address: str, identity: Identity) -> None:
+    def __init__(self, address: str, identity: Identity, security: Security = PLAINTEXT,
+                 join_token: str = "") -> None:
         self.address = address
         self.identity = identity
-        self.channel = grpc.aio.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self.join_token = join_token  # sent with every Register, when the run requires one
+        self.channel = aio_channel(address, security)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
         self.clock = NonceClock()
         # Nonces must reach the coordinator in the order they were issued, so calls from one node
@@ -48,7 +51,7 @@ class CoordinatorClient:
                     request = sign_request(self.identity, self.clock, method, body)
                     return await getattr(self.stub, method)(request, timeout=timeout)
             except grpc.aio.AioRpcError as err:
-                if not retry or err.code() not in RETRY_CODES:
+                if not retry or (err.code() not in RETRY_CODES and error_reason(err) not in RETRY_REASONS):
                     raise
                 log.warning("coordinator %s unreachable (%s); retrying in %.1fs", self.address,
                             err.details(), backoff)

@@ -12,6 +12,7 @@ import grpc
 import torch
 
 from protocol import __version__
+from protocol.channel import PLAINTEXT, Security
 from protocol.checkpoint import ManifestError
 from protocol.config import RunConfig
 from protocol.envs import make_environment
@@ -23,14 +24,17 @@ from .client import CoordinatorClient, error_reason
 from .hardware import pick_device, probe
 from .inference.worker import InferenceWorker
 from .status import NodeStatus, Progress, ReportingClient
+from .p2p import PeerNode
 from .trainer.worker import TrainerWorker
+from .validator.worker import ValidatorWorker
 from .versions import VersionLoader
 
 log = logging.getLogger("potluck.node")
 T = TypeVar("T")
 REFUSED_BACKOFF_S = 1.0
 MIRROR_INTERVAL_S = 0.5  # how often the worker's state and rate are copied to the NodeStatus
-ROLES = {"auto": pb.ROLE_UNSPECIFIED, "inference": pb.ROLE_INFERENCE, "trainer": pb.ROLE_TRAINER}
+ROLES = {"auto": pb.ROLE_UNSPECIFIED, "inference": pb.ROLE_INFERENCE, "trainer": pb.ROLE_TRAINER,
+         "validator": pb.ROLE_VALIDATOR}
 
 
 async def _heartbeats(client: CoordinatorClient, worker, loader: VersionLoader, interval_s: float) -> None:
@@ -56,11 +60,12 @@ async def _register(client: CoordinatorClient, identity: Identity, role: int, ha
                     name: str) -> pb.RegisterReply:
     return await client.call("Register", pb.RegisterBody(public_key=identity.public_key, role=role,
                                                          hardware=hardware, software_version=__version__,
-                                                         name=name))
+                                                         name=name, join_token=client.join_token))
 
 
 async def join(address: str, role: str, device: str, home: Path, name: str,
-               status: NodeStatus | None = None, stop: asyncio.Event | None = None) -> int:
+               status: NodeStatus | None = None, stop: asyncio.Event | None = None,
+               security: Security = PLAINTEXT, join_token: str = "") -> int:
     """Work for the run until stop is set (SIGINT/SIGTERM set it too), then return the leases held.
     status, if given, follows along for a view."""
     status = NodeStatus(address) if status is None else status
@@ -72,7 +77,7 @@ async def join(address: str, role: str, device: str, home: Path, name: str,
     status.node_id, status.name, status.state = identity.node_id, name, "registering"
     device = pick_device(device)
     hardware = probe(device, home)
-    client = ReportingClient(address, identity, status)
+    client = ReportingClient(address, identity, status, security, join_token)
     # Stopping during set-up (a coordinator still unreachable, a model loading) holds no lease yet.
     ready = await _unless_stopped(_set_up(client, identity, ROLES[role], hardware, name, device, home, status), stop)
     if ready is None:
@@ -96,6 +101,8 @@ async def join(address: str, role: str, device: str, home: Path, name: str,
         except grpc.aio.AioRpcError as err:
             log.warning("could not return leases: %s", err.details())
         await client.close()
+        if isinstance(worker, TrainerWorker):
+            await asyncio.to_thread(worker.close)
     return 0
 
 
@@ -116,7 +123,11 @@ async def _set_up(client: ReportingClient, identity: Identity, role: int, hardwa
     status.progress = None
     loader = VersionLoader(client, reply.coordinator_public_key, home / "versions", model, status.fetching)
     if reply.role == pb.ROLE_TRAINER:
-        worker = TrainerWorker(client, loader, config, tokenizer.pad_token_id)
+        # The trainer's hivemind peer, on the node's own key: round-mates all-reduce through it.
+        peer = await asyncio.to_thread(PeerNode, identity, home)
+        worker = TrainerWorker(client, loader, config, tokenizer.pad_token_id, peer)
+    elif reply.role == pb.ROLE_VALIDATOR:
+        worker = ValidatorWorker(client, loader, config, tokenizer)
     else:
         worker = InferenceWorker(client, loader, tokenizer,
                                  make_environment(config.environment.name, config.environment.params))

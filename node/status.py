@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
+from protocol.channel import PLAINTEXT
 from protocol.v1 import coordinator_pb2 as pb
 
 from .client import CoordinatorClient
@@ -38,7 +39,7 @@ class NodeStatus:
     held_version: int | None = None
     latest_version: int | None = None
     tokens_per_s: float = 0.0
-    accepted: int = 0  # rollouts, this session
+    accepted: int = 0  # rollouts: this session's replies, then the run's totals from the Watch stream
     rejected: int = 0
     rounds: int = 0  # training rounds submitted, this session
     credit: float = 0.0  # the coordinator's running total for this node
@@ -61,16 +62,18 @@ class NodeStatus:
         self.latest_version = snapshot.current_version
         self.swarm_online = sum(n.online for n in snapshot.nodes)
         mine = next((n for n in snapshot.nodes if n.node_id == self.node_id), None)
-        if mine is not None:
-            self.credit = mine.credit
+        if mine is not None:  # the coordinator's totals: work checked after its reply came counts too
+            self.credit, self.accepted, self.rejected = mine.credit, mine.rollouts_accepted, mine.rollouts_rejected
 
     def saw_reply(self, body: Message, reply: Message) -> None:
         if isinstance(reply, pb.SubmitRolloutsReply) and isinstance(body, pb.SubmitRolloutsBody):
             self.accepted += reply.accepted
             self.rejected += reply.rejected
             self.credit = reply.credit
+            verdict = (f"{reply.rejected} rejected ({reply.reject_reason})" if reply.rejected else
+                       f"{reply.pending} awaiting a validator" if reply.pending else f"{reply.accepted} accepted")
             self.last_result = (f"v{body.version}: {len(body.rollouts)} rollouts in {body.generation_seconds:.1f}s"
-                                f" → {reply.accepted} accepted, {reply.rejected} rejected")
+                                f" → {verdict}")
         elif isinstance(reply, pb.SubmitTrainingReply) and isinstance(body, pb.SubmitTrainingBody):
             self.rounds += 1
             self.credit = reply.credit
@@ -81,8 +84,8 @@ class NodeStatus:
 class ReportingClient(CoordinatorClient):
     """The node's client, telling its NodeStatus what each submission earned (the workers only log it)."""
 
-    def __init__(self, address: str, identity, status: NodeStatus) -> None:
-        super().__init__(address, identity)
+    def __init__(self, address: str, identity, status: NodeStatus, security=PLAINTEXT, join_token: str = "") -> None:
+        super().__init__(address, identity, security, join_token)
         self.status = status
 
     async def call(self, method: str, body: Message, timeout: float = 60.0, retry: bool = True):

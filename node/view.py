@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import aclosing, contextmanager
 from pathlib import Path
 
+from protocol.channel import PLAINTEXT, Security
+
 from .join import join
 from .status import NodeStatus, StatusLogHandler
 from .tui.feed import Disconnected, watch
@@ -21,9 +23,9 @@ from .tui.volunteer import VolunteerView
 LINES_AFTER_EXIT = 5  # the view's last lines stay on the terminal: how the node left, or why it failed
 
 
-async def follow_watch(status: NodeStatus, address: str) -> None:
+async def follow_watch(status: NodeStatus, address: str, security: Security = PLAINTEXT) -> None:
     """The run's current version, the swarm's size and this node's credit, from the Watch stream."""
-    async with aclosing(watch(address)) as feed:
+    async with aclosing(watch(address, security=security)) as feed:
         async for update in feed:
             if isinstance(update, Disconnected):
                 status.link = update.reason
@@ -43,10 +45,11 @@ def logs_into(status: NodeStatus) -> Iterator[None]:
         root.handlers[:] = saved
 
 
-def start(status: NodeStatus, role: str, device: str, home: Path, name: str) -> tuple[VolunteerView, asyncio.Task[int]]:
+def start(status: NodeStatus, role: str, device: str, home: Path, name: str, security: Security = PLAINTEXT,
+          join_token: str = "") -> tuple[VolunteerView, asyncio.Task[int]]:
     """The view and the node's task, wired together; the caller runs the view (tests use run_test)."""
     stop = asyncio.Event()
-    node = asyncio.create_task(join(status.address, role, device, home, name, status, stop))
+    node = asyncio.create_task(join(status.address, role, device, home, name, status, stop, security, join_token))
 
     def leave() -> None:
         if stop.is_set():
@@ -58,11 +61,12 @@ def start(status: NodeStatus, role: str, device: str, home: Path, name: str) -> 
     return view, node
 
 
-async def join_with_view(address: str, role: str, device: str, home: Path, name: str) -> int:
+async def join_with_view(address: str, role: str, device: str, home: Path, name: str,
+                         security: Security = PLAINTEXT, join_token: str = "") -> int:
     status = NodeStatus(address)
     with logs_into(status):
-        view, node = start(status, role, device, home, name)
-        watcher = asyncio.create_task(follow_watch(status, address))
+        view, node = start(status, role, device, home, name, security, join_token)
+        watcher = asyncio.create_task(follow_watch(status, address, security))
         try:
             await view.run_async()
         finally:

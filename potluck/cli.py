@@ -11,6 +11,7 @@ from coordinator.cli import add_commands as add_coordinator_commands
 from node.cli import add_commands as add_node_commands
 from node.tui.cli import add_commands as add_tui_commands
 
+from .admin import add_commands as add_admin_commands
 from .demo import add_commands as add_demo_commands
 
 
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     add_node_commands(subparsers)
     add_demo_commands(subparsers)
     add_tui_commands(subparsers)
+    add_admin_commands(subparsers)
     args = parser.parse_args(argv)
     return args.handler(args)
 

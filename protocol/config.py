@@ -64,6 +64,9 @@ class GrpoConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0.0)
     lease_seconds: float = Field(600.0, gt=0, le=86400)
+    # Tokens whose importance ratio pi/behaviour leaves [1/ratio_mask, ratio_mask] are masked out
+    # of the loss: stale rollouts whose behaviour policy drifted too far carry no reliable signal.
+    ratio_mask: float = Field(8.0, gt=1.0)
 
 
 class DilocoConfig(_Strict):
@@ -72,6 +75,27 @@ class DilocoConfig(_Strict):
     outer_lr: float = Field(1.0, gt=0.0, le=10.0)
     outer_momentum: float = Field(0.0, ge=0.0, lt=1.0)
     nesterov: bool = True
+    # A round: one version's batch cut into shards for up to trainers_per_round trainers, who
+    # all-reduce their pseudo-gradients peer to peer (README "Training across trainers").
+    trainers_per_round: int = Field(1, ge=1, le=256)
+    min_trainers: int = Field(1, ge=1, le=256)  # a forming round waits for at least this many
+    join_seconds: float = Field(1.0, ge=0.0, le=3600)  # how long a forming round waits for more
+    averaging_wait_seconds: float = Field(3.0, gt=0, le=600)  # matchmaking wait for round-mates
+    compression: Literal["fp16", "int8", "none"] = "fp16"  # pseudo-gradients on the wire
+    quorum: float = Field(0.5, gt=0.0, le=1.0)  # fraction of a round's trainers that must agree
+    agreement_rtol: float = Field(0.1, gt=0.0, le=1.0)  # |candidate - expected| / |expected update|
+    # Screening of each trainer's pseudo-gradient before a round may publish: an absolute norm
+    # cap, a cap relative to the median of recently accepted ones, and (3+ trainers) a floor on
+    # the cosine with the other trainers' mean.
+    max_delta_norm: float = Field(50.0, gt=0.0)
+    max_norm_ratio: float = Field(8.0, gt=1.0)
+    min_cosine: float = Field(0.0, ge=-1.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _min_fits(self) -> "DilocoConfig":
+        if self.min_trainers > self.trainers_per_round:
+            raise ValueError("diloco.min_trainers must not exceed diloco.trainers_per_round")
+        return self
 
 
 class CheckpointConfig(_Strict):
@@ -83,6 +107,43 @@ class CheckpointConfig(_Strict):
 
 class EvalConfig(_Strict):
     every: int = Field(1, ge=0, le=1_000_000)  # evaluate every Nth version; 0: never
+
+
+class VerificationConfig(_Strict):
+    """How rollouts are checked before they count (README "Verified rollouts"). Tolerances are in
+    the units of each check; the defaults suit float32 models and are loose enough for the
+    differences between batch sizes, thread counts and padding (bench.verification measures it)."""
+    rate: float = Field(1.0, gt=0.0, le=1.0)  # fraction of submissions a validator prefills
+    embedded: bool = True  # the coordinator validates itself (small runs); else validator nodes do
+    logit_margin: float = Field(0.02, ge=0.0, le=10.0)  # sampling: near-tie allowance, logit units
+    logprob_tolerance: float = Field(0.01, ge=0.0, le=10.0)  # |reported - recomputed| per token
+    max_exp_mismatch_fraction: float = Field(90 / 128, ge=0.0, le=1.0)  # TOPLOC's published limits
+    max_mant_err_mean: float = Field(10.0, ge=0.0)
+    max_mant_err_median: float = Field(8.0, ge=0.0)
+    lease_seconds: float = Field(60.0, gt=0, le=86400)
+
+
+class AdmissionConfig(_Strict):
+    """Who may join, and who may take the trainer and validator roles. Host-side only: never sent to
+    nodes, and it may change between restarts of a run. A role is open when it has neither an
+    allowlist nor a credit threshold; otherwise a node needs to be listed or to have earned the credit."""
+    join_token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # `potluck coordinator token`
+    trainers: tuple[str, ...] = ()  # node ids
+    validators: tuple[str, ...] = ()
+    trainer_min_credit: float = Field(0.0, ge=0.0)
+    validator_min_credit: float = Field(0.0, ge=0.0)
+    clock_skew_seconds: float = Field(300.0, gt=0, le=86400)  # how far a request's nonce time may stray
+
+
+class LimitsConfig(_Strict):
+    """Per-node and per-server limits (host-side only, like [admission])."""
+    rate_per_s: float = Field(20.0, gt=0, le=1e6)  # signed calls per node per second, sustained
+    burst: int = Field(60, ge=1, le=1_000_000)
+    max_streams: int = Field(256, ge=1, le=100_000)  # concurrent Watch + FetchVersion streams
+    heartbeat_target_rps: float = Field(400.0, gt=0, le=1e6)  # heartbeat interval grows past this rate
+
+
+HOST_ONLY = {"admission", "limits"}
 
 
 class RunConfig(_Strict):
@@ -98,6 +159,9 @@ class RunConfig(_Strict):
     diloco: DilocoConfig = DilocoConfig()
     eval: EvalConfig = EvalConfig()
     checkpoints: CheckpointConfig = CheckpointConfig()
+    verification: VerificationConfig = VerificationConfig()
+    admission: AdmissionConfig = AdmissionConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @model_validator(mode="after")
     def _shards_fit_batch(self) -> "RunConfig":

@@ -32,6 +32,18 @@ class NonceClock:
         return self._last
 
 
+def admin_method(method: str) -> str:
+    """The name an Admin call is signed under, so no node's signature can stand in for an admin's."""
+    return f"admin.{method}"
+
+
+def nonce_skew_s(nonce: int, now_s: float | None = None) -> float:
+    """How far (in seconds) a NonceClock nonce's wall-clock time is from now: a coordinator refuses
+    requests too far either way, so a captured request cannot be replayed against a later run state
+    and a node with a broken clock learns it at once."""
+    return nonce / 1e6 - (time.time() if now_s is None else now_s)
+
+
 def sign_request(identity: Identity, clock: NonceClock, method: str, body: Message) -> pb.SignedRequest:
     raw = body.SerializeToString()
     nonce = clock.next()

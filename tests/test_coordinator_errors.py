@@ -11,6 +11,7 @@ from protocol.signing import NonceClock, sign_request, signing_payload
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 from tests.procs import Coordinator
+from tests.rpc import Node, SkewedClock, refused
 
 LEASE_SECONDS = 2.0
 EOS = 2  # the tiny model's EOS id
@@ -34,27 +35,6 @@ def coordinator(tmp_path_factory):
 def stub(coordinator):
     with grpc.insecure_channel(coordinator.address) as channel:
         yield pb_grpc.CoordinatorStub(channel)
-
-
-class Node:
-    def __init__(self, stub, role=pb.ROLE_INFERENCE):
-        self.stub, self.identity, self.clock = stub, Identity.generate(), NonceClock()
-        self.register_reply = self.call("Register", pb.RegisterBody(public_key=self.identity.public_key, role=role))
-
-    def sign(self, method, body):
-        return sign_request(self.identity, self.clock, method, body)
-
-    def call(self, method, body):
-        return getattr(self.stub, method)(self.sign(method, body))
-
-
-def refused(call, code, reason):
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    err = info.value
-    assert err.code() == code, err.details()
-    assert dict(err.trailing_metadata() or ()).get("potluck-reason") == reason, err.details()
-    return err
 
 
 def answer_all(lease, reward=0.0):
@@ -175,3 +155,59 @@ def _fields(rollout):
     return {"task_id": rollout.task_id, "sample_index": rollout.sample_index,
             "completion_ids": list(rollout.completion_ids), "logprobs": list(rollout.logprobs),
             "finished": rollout.finished, "reward": rollout.reward}
+
+
+def test_stale_and_future_timestamps_refused(stub):
+    node = Node(stub)
+    for offset in (-3600, 3600):  # the default window is ±300 s
+        request = sign_request(node.identity, SkewedClock(offset), "Heartbeat", pb.HeartbeatBody(state="idle"))
+        refused(lambda: stub.Heartbeat(request), grpc.StatusCode.UNAUTHENTICATED, "stale_timestamp")
+    stranger = Identity.generate()
+    late = sign_request(stranger, SkewedClock(-3600), "Register", pb.RegisterBody(public_key=stranger.public_key))
+    refused(lambda: stub.Register(late), grpc.StatusCode.UNAUTHENTICATED, "stale_timestamp")
+    # A refused far-future nonce did not move the node's last nonce: its honest clock still works.
+    assert node.call("Heartbeat", pb.HeartbeatBody(state="idle")).current_version >= 0
+
+
+def test_body_caps_per_rpc(stub):
+    node = Node(stub)
+    # 100 KiB is far below the 16 MiB transport cap but far above what a heartbeat needs (4 KiB).
+    err = refused(lambda: node.call("Heartbeat", pb.HeartbeatBody(state="x" * (100 << 10))),
+                  grpc.StatusCode.RESOURCE_EXHAUSTED, "too_large")
+    assert "Heartbeat body is" in err.details() and "limit is 4096" in err.details()
+
+
+def test_field_rules(stub):
+    node = Node(stub)
+    refused(lambda: node.call("Heartbeat", pb.HeartbeatBody(state="x" * 33)), grpc.StatusCode.INVALID_ARGUMENT,
+            "too_long")
+    refused(lambda: node.call("Heartbeat", pb.HeartbeatBody(tokens_per_s=float("nan"))),
+            grpc.StatusCode.INVALID_ARGUMENT, "not_finite")
+    refused(lambda: node.call("Heartbeat", pb.HeartbeatBody(tokens_per_s=-1.0)),
+            grpc.StatusCode.INVALID_ARGUMENT, "out_of_range")
+    refused(lambda: node.call("LeaseRollouts", pb.LeaseRolloutsBody(max_prompts=5000)),
+            grpc.StatusCode.INVALID_ARGUMENT, "out_of_range")
+    stranger = Identity.generate()
+    unknown_role = pb.RegisterBody(public_key=stranger.public_key, role=42)
+    refused(lambda: stub.Register(sign_request(stranger, NonceClock(), "Register", unknown_role)),
+            grpc.StatusCode.INVALID_ARGUMENT, "bad_enum")
+    long_name = pb.RegisterBody(public_key=stranger.public_key, name="é" * 65)
+    refused(lambda: stub.Register(sign_request(stranger, NonceClock(), "Register", long_name)),
+            grpc.StatusCode.INVALID_ARGUMENT, "too_long")
+
+
+def test_rate_limit(stub):
+    node = Node(stub)
+    codes = []
+    for _ in range(200):  # the default bucket: 60 calls at once, then 20 per second
+        try:
+            node.call("Heartbeat", pb.HeartbeatBody(state="idle"))
+            codes.append("ok")
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+            assert dict(err.trailing_metadata()).get("potluck-reason") == "rate_limited"
+            codes.append("limited")
+            break
+    assert codes[-1] == "limited" and codes.count("ok") >= 59  # Register took one token of the 60
+    # Another node is not affected by this one's bucket.
+    assert Node(stub).call("Heartbeat", pb.HeartbeatBody(state="idle")).current_version >= 0

@@ -1,13 +1,17 @@
-"""`potluck tui [--coordinator HOST:PORT]`: watch a run live; read-only, so no key is needed."""
+"""`potluck tui [--coordinator HOST:PORT] [--fingerprint sha256:… | --ca FILE]`: watch a run live;
+read-only, so no key is needed."""
 from __future__ import annotations
 
 import argparse
+
+from ..cli import add_connection_args, security_of
 
 
 def add_commands(subparsers) -> None:
     tui = subparsers.add_parser("tui", help="watch a run live in the terminal")
     tui.add_argument("--coordinator", default="127.0.0.1:7420",
                      help="HOST:PORT of the run's coordinator (default: the coordinator's own default)")
+    add_connection_args(tui)
     tui.set_defaults(handler=_tui)
 
 
@@ -16,5 +20,5 @@ def _tui(args: argparse.Namespace) -> int:
     from .app import PotluckTui
     from .feed import watch
 
-    PotluckTui(watch(args.coordinator), args.coordinator).run()
+    PotluckTui(watch(args.coordinator, security=security_of(args)), args.coordinator).run()
     return 0

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 
 import grpc
 
+from protocol.channel import PLAINTEXT, ChannelError, Security, aio_channel
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
 # The coordinator pushes a snapshot at least every ~2 s, so a silent stream is a dead link
 # (a frozen host or a dropped route gives no error of its own).
 STALE_AFTER_S = 15.0
-# A snapshot lists every node; a large swarm exceeds gRPC's 4 MiB default.
-MAX_MESSAGE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -45,12 +44,12 @@ class Backoff:
         return base * (1 + self.jitter * random.random())
 
 
-async def watch(address: str, backoff: Backoff = Backoff(),
-                clock: Callable[[], float] = time.monotonic) -> AsyncGenerator[Update, None]:
+async def watch(address: str, backoff: Backoff = Backoff(), clock: Callable[[], float] = time.monotonic,
+                security: Security = PLAINTEXT) -> AsyncGenerator[Update, None]:
     failures = 0
     while True:
         try:
-            async with aclosing(_stream(address)) as stream:
+            async with aclosing(_stream(address, security)) as stream:
                 async for snapshot in stream:
                     failures = 0
                     yield snapshot
@@ -61,15 +60,18 @@ async def watch(address: str, backoff: Backoff = Backoff(),
             reason = f"{err.code().name.lower()}: {(err.details() or '').rsplit(': ', 1)[-1]}"
         except asyncio.TimeoutError:
             reason = f"no update for {STALE_AFTER_S:g}s"
+        except ChannelError as err:  # a pinned fingerprint that does not match, an unreadable CA
+            reason = str(err)
         failures += 1
         delay = backoff.delay(failures)
         yield Disconnected(reason, clock() + delay)
         await asyncio.sleep(delay)
 
 
-async def _stream(address: str) -> AsyncGenerator[pb.SwarmSnapshot, None]:
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
+async def _stream(address: str, security: Security) -> AsyncGenerator[pb.SwarmSnapshot, None]:
+    # Pinning fetches the certificate with a blocking handshake: off the event loop.
+    channel = await asyncio.to_thread(aio_channel, address, security)
+    async with channel:
         call = pb_grpc.CoordinatorStub(channel).Watch(pb.WatchRequest())
         while True:
             snapshot = await asyncio.wait_for(call.read(), STALE_AFTER_S)

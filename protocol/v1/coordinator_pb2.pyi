@@ -58,18 +58,20 @@ class Gpu(_message.Message):
     def __init__(self, name: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., compute_capability: _Optional[str] = ...) -> None: ...
 
 class RegisterBody(_message.Message):
-    __slots__ = ("public_key", "role", "hardware", "software_version", "name")
+    __slots__ = ("public_key", "role", "hardware", "software_version", "name", "join_token")
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     SOFTWARE_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     public_key: bytes
     role: Role
     hardware: Hardware
     software_version: str
     name: str
-    def __init__(self, public_key: _Optional[bytes] = ..., role: _Optional[_Union[Role, str]] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., software_version: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    join_token: str
+    def __init__(self, public_key: _Optional[bytes] = ..., role: _Optional[_Union[Role, str]] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., software_version: _Optional[str] = ..., name: _Optional[str] = ..., join_token: _Optional[str] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("node_id", "role", "run_name", "run_config_json", "coordinator_public_key", "heartbeat_interval_ms", "server_time_ms", "current_version")
@@ -158,20 +160,22 @@ class RolloutLease(_message.Message):
     def __init__(self, has_work: _Optional[bool] = ..., retry_after_ms: _Optional[int] = ..., lease_id: _Optional[str] = ..., version: _Optional[int] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., group_size: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., eval: _Optional[bool] = ...) -> None: ...
 
 class Rollout(_message.Message):
-    __slots__ = ("task_id", "sample_index", "completion_ids", "logprobs", "reward", "finished")
+    __slots__ = ("task_id", "sample_index", "completion_ids", "logprobs", "reward", "finished", "proofs")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_INDEX_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_IDS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    PROOFS_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     sample_index: int
     completion_ids: _containers.RepeatedScalarFieldContainer[int]
     logprobs: _containers.RepeatedScalarFieldContainer[float]
     reward: float
     finished: bool
-    def __init__(self, task_id: _Optional[int] = ..., sample_index: _Optional[int] = ..., completion_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., reward: _Optional[float] = ..., finished: _Optional[bool] = ...) -> None: ...
+    proofs: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, task_id: _Optional[int] = ..., sample_index: _Optional[int] = ..., completion_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., reward: _Optional[float] = ..., finished: _Optional[bool] = ..., proofs: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SubmitRolloutsBody(_message.Message):
     __slots__ = ("lease_id", "version", "rollouts", "generation_seconds")
@@ -186,18 +190,105 @@ class SubmitRolloutsBody(_message.Message):
     def __init__(self, lease_id: _Optional[str] = ..., version: _Optional[int] = ..., rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ..., generation_seconds: _Optional[float] = ...) -> None: ...
 
 class SubmitRolloutsReply(_message.Message):
-    __slots__ = ("accepted", "rejected", "credit")
+    __slots__ = ("accepted", "rejected", "credit", "pending", "reject_reason")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    REJECT_REASON_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     rejected: int
     credit: float
-    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., credit: _Optional[float] = ...) -> None: ...
+    pending: int
+    reject_reason: str
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., credit: _Optional[float] = ..., pending: _Optional[int] = ..., reject_reason: _Optional[str] = ...) -> None: ...
+
+class LeaseVerificationBody(_message.Message):
+    __slots__ = ("max_jobs",)
+    MAX_JOBS_FIELD_NUMBER: _ClassVar[int]
+    max_jobs: int
+    def __init__(self, max_jobs: _Optional[int] = ...) -> None: ...
+
+class VerificationJob(_message.Message):
+    __slots__ = ("job_id", "version", "sampling", "seed", "prompts", "group_size", "rollouts")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    version: int
+    sampling: SamplingParams
+    seed: int
+    prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
+    group_size: int
+    rollouts: _containers.RepeatedCompositeFieldContainer[Rollout]
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., seed: _Optional[int] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., group_size: _Optional[int] = ..., rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ...) -> None: ...
+
+class VerificationLease(_message.Message):
+    __slots__ = ("has_work", "retry_after_ms", "lease_id", "jobs", "deadline_ms")
+    HAS_WORK_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    has_work: bool
+    retry_after_ms: int
+    lease_id: str
+    jobs: _containers.RepeatedCompositeFieldContainer[VerificationJob]
+    deadline_ms: int
+    def __init__(self, has_work: _Optional[bool] = ..., retry_after_ms: _Optional[int] = ..., lease_id: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[VerificationJob, _Mapping]]] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class Verdict(_message.Message):
+    __slots__ = ("job_id", "accepted", "check", "detail", "figures", "task_id", "sample_index")
+    class FiguresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    accepted: bool
+    check: str
+    detail: str
+    figures: _containers.ScalarMap[str, float]
+    task_id: int
+    sample_index: int
+    def __init__(self, job_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., check: _Optional[str] = ..., detail: _Optional[str] = ..., figures: _Optional[_Mapping[str, float]] = ..., task_id: _Optional[int] = ..., sample_index: _Optional[int] = ...) -> None: ...
+
+class SubmitVerdictsBody(_message.Message):
+    __slots__ = ("lease_id", "verdicts", "verify_seconds")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    verdicts: _containers.RepeatedCompositeFieldContainer[Verdict]
+    verify_seconds: float
+    def __init__(self, lease_id: _Optional[str] = ..., verdicts: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ..., verify_seconds: _Optional[float] = ...) -> None: ...
+
+class SubmitVerdictsReply(_message.Message):
+    __slots__ = ("recorded", "credit")
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
+    recorded: int
+    credit: float
+    def __init__(self, recorded: _Optional[int] = ..., credit: _Optional[float] = ...) -> None: ...
 
 class LeaseTrainingBody(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("p2p_maddrs",)
+    P2P_MADDRS_FIELD_NUMBER: _ClassVar[int]
+    p2p_maddrs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, p2p_maddrs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrainingSample(_message.Message):
     __slots__ = ("rollout_id", "group_id", "prompt_ids", "completion_ids", "logprobs", "reward", "version")
@@ -218,20 +309,36 @@ class TrainingSample(_message.Message):
     def __init__(self, rollout_id: _Optional[int] = ..., group_id: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., completion_ids: _Optional[_Iterable[int]] = ..., logprobs: _Optional[_Iterable[float]] = ..., reward: _Optional[float] = ..., version: _Optional[int] = ...) -> None: ...
 
 class TrainingLease(_message.Message):
-    __slots__ = ("has_work", "retry_after_ms", "lease_id", "parent_version", "samples", "deadline_ms")
+    __slots__ = ("has_work", "retry_after_ms", "lease_id", "parent_version", "samples", "deadline_ms", "round_id", "peers", "compression")
     HAS_WORK_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     has_work: bool
     retry_after_ms: int
     lease_id: str
     parent_version: int
     samples: _containers.RepeatedCompositeFieldContainer[TrainingSample]
     deadline_ms: int
-    def __init__(self, has_work: _Optional[bool] = ..., retry_after_ms: _Optional[int] = ..., lease_id: _Optional[str] = ..., parent_version: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[TrainingSample, _Mapping]]] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    round_id: str
+    peers: _containers.RepeatedCompositeFieldContainer[RoundPeer]
+    compression: str
+    def __init__(self, has_work: _Optional[bool] = ..., retry_after_ms: _Optional[int] = ..., lease_id: _Optional[str] = ..., parent_version: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[TrainingSample, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., round_id: _Optional[str] = ..., peers: _Optional[_Iterable[_Union[RoundPeer, _Mapping]]] = ..., compression: _Optional[str] = ...) -> None: ...
+
+class RoundPeer(_message.Message):
+    __slots__ = ("node_id", "maddrs", "samples")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MADDRS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    maddrs: _containers.RepeatedScalarFieldContainer[str]
+    samples: int
+    def __init__(self, node_id: _Optional[str] = ..., maddrs: _Optional[_Iterable[str]] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class VersionReport(_message.Message):
     __slots__ = ("parent_version", "sha256", "size")
@@ -244,28 +351,36 @@ class VersionReport(_message.Message):
     def __init__(self, parent_version: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class SubmitTrainingBody(_message.Message):
-    __slots__ = ("lease_id", "report", "blob", "train_seconds", "mean_loss", "samples_used")
+    __slots__ = ("lease_id", "report", "blob", "train_seconds", "mean_loss", "samples_used", "pseudo_gradient", "averaged_with")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     BLOB_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MEAN_LOSS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_USED_FIELD_NUMBER: _ClassVar[int]
+    PSEUDO_GRADIENT_FIELD_NUMBER: _ClassVar[int]
+    AVERAGED_WITH_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     report: VersionReport
     blob: bytes
     train_seconds: float
     mean_loss: float
     samples_used: int
-    def __init__(self, lease_id: _Optional[str] = ..., report: _Optional[_Union[VersionReport, _Mapping]] = ..., blob: _Optional[bytes] = ..., train_seconds: _Optional[float] = ..., mean_loss: _Optional[float] = ..., samples_used: _Optional[int] = ...) -> None: ...
+    pseudo_gradient: bytes
+    averaged_with: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lease_id: _Optional[str] = ..., report: _Optional[_Union[VersionReport, _Mapping]] = ..., blob: _Optional[bytes] = ..., train_seconds: _Optional[float] = ..., mean_loss: _Optional[float] = ..., samples_used: _Optional[int] = ..., pseudo_gradient: _Optional[bytes] = ..., averaged_with: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitTrainingReply(_message.Message):
-    __slots__ = ("published_version", "credit")
+    __slots__ = ("published_version", "credit", "round_state", "published_sha256")
     PUBLISHED_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_STATE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_SHA256_FIELD_NUMBER: _ClassVar[int]
     published_version: int
     credit: float
-    def __init__(self, published_version: _Optional[int] = ..., credit: _Optional[float] = ...) -> None: ...
+    round_state: str
+    published_sha256: str
+    def __init__(self, published_version: _Optional[int] = ..., credit: _Optional[float] = ..., round_state: _Optional[str] = ..., published_sha256: _Optional[str] = ...) -> None: ...
 
 class ReturnLeasesBody(_message.Message):
     __slots__ = ("reason",)
@@ -342,7 +457,7 @@ class VersionInfo(_message.Message):
     def __init__(self, version: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_ms: _Optional[int] = ..., reward_mean: _Optional[float] = ..., has_eval: _Optional[bool] = ..., eval_accuracy: _Optional[float] = ..., rollouts_used: _Optional[int] = ..., trainer: _Optional[str] = ..., rollouts_generated: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "name", "role", "state", "hardware", "credit", "last_seen_ms", "tokens_per_s", "rollouts_accepted", "rollouts_rejected", "online")
+    __slots__ = ("node_id", "name", "role", "state", "hardware", "credit", "last_seen_ms", "tokens_per_s", "rollouts_accepted", "rollouts_rejected", "online", "quarantined", "reputation")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -354,6 +469,8 @@ class NodeInfo(_message.Message):
     ROLLOUTS_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     ROLLOUTS_REJECTED_FIELD_NUMBER: _ClassVar[int]
     ONLINE_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_FIELD_NUMBER: _ClassVar[int]
+    REPUTATION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     role: Role
@@ -365,7 +482,33 @@ class NodeInfo(_message.Message):
     rollouts_accepted: int
     rollouts_rejected: int
     online: bool
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., state: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., credit: _Optional[float] = ..., last_seen_ms: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., rollouts_accepted: _Optional[int] = ..., rollouts_rejected: _Optional[int] = ..., online: _Optional[bool] = ...) -> None: ...
+    quarantined: bool
+    reputation: float
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., state: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., credit: _Optional[float] = ..., last_seen_ms: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., rollouts_accepted: _Optional[int] = ..., rollouts_rejected: _Optional[int] = ..., online: _Optional[bool] = ..., quarantined: _Optional[bool] = ..., reputation: _Optional[float] = ...) -> None: ...
+
+class VerdictInfo(_message.Message):
+    __slots__ = ("id", "time_ms", "node_id", "validator", "accepted", "check", "detail", "rollouts", "kind", "version")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    VALIDATOR_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    time_ms: int
+    node_id: str
+    validator: str
+    accepted: bool
+    check: str
+    detail: str
+    rollouts: int
+    kind: str
+    version: int
+    def __init__(self, id: _Optional[int] = ..., time_ms: _Optional[int] = ..., node_id: _Optional[str] = ..., validator: _Optional[str] = ..., accepted: _Optional[bool] = ..., check: _Optional[str] = ..., detail: _Optional[str] = ..., rollouts: _Optional[int] = ..., kind: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("id", "time_ms", "kind", "text")
@@ -380,7 +523,7 @@ class Event(_message.Message):
     def __init__(self, id: _Optional[int] = ..., time_ms: _Optional[int] = ..., kind: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class SwarmSnapshot(_message.Message):
-    __slots__ = ("run_name", "model", "environment", "current_version", "versions", "nodes", "rollouts_accepted", "rollouts_rejected", "tokens_generated", "events", "server_time_ms", "rollouts_per_s")
+    __slots__ = ("run_name", "model", "environment", "current_version", "versions", "nodes", "rollouts_accepted", "rollouts_rejected", "tokens_generated", "events", "server_time_ms", "rollouts_per_s", "verdicts", "rollouts_pending")
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
@@ -393,6 +536,8 @@ class SwarmSnapshot(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     ROLLOUTS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUTS_PENDING_FIELD_NUMBER: _ClassVar[int]
     run_name: str
     model: str
     environment: str
@@ -405,4 +550,6 @@ class SwarmSnapshot(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[Event]
     server_time_ms: int
     rollouts_per_s: float
-    def __init__(self, run_name: _Optional[str] = ..., model: _Optional[str] = ..., environment: _Optional[str] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., rollouts_accepted: _Optional[int] = ..., rollouts_rejected: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., server_time_ms: _Optional[int] = ..., rollouts_per_s: _Optional[float] = ...) -> None: ...
+    verdicts: _containers.RepeatedCompositeFieldContainer[VerdictInfo]
+    rollouts_pending: int
+    def __init__(self, run_name: _Optional[str] = ..., model: _Optional[str] = ..., environment: _Optional[str] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., rollouts_accepted: _Optional[int] = ..., rollouts_rejected: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., server_time_ms: _Optional[int] = ..., rollouts_per_s: _Optional[float] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., rollouts_pending: _Optional[int] = ...) -> None: ...

@@ -65,6 +65,16 @@ class CoordinatorStub:
                 request_serializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
                 response_deserializer=potluck_dot_v1_dot_coordinator__pb2.SubmitTrainingReply.FromString,
                 _registered_method=True)
+        self.LeaseVerification = channel.unary_unary(
+                '/potluck.v1.Coordinator/LeaseVerification',
+                request_serializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
+                response_deserializer=potluck_dot_v1_dot_coordinator__pb2.VerificationLease.FromString,
+                _registered_method=True)
+        self.SubmitVerdicts = channel.unary_unary(
+                '/potluck.v1.Coordinator/SubmitVerdicts',
+                request_serializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
+                response_deserializer=potluck_dot_v1_dot_coordinator__pb2.SubmitVerdictsReply.FromString,
+                _registered_method=True)
         self.ReturnLeases = channel.unary_unary(
                 '/potluck.v1.Coordinator/ReturnLeases',
                 request_serializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
@@ -132,6 +142,20 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LeaseVerification(self, request, context):
+        """body: LeaseVerificationBody. Submitted rollouts for a validator to check (validator role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitVerdicts(self, request, context):
+        """body: SubmitVerdictsBody. A validator's verdicts on the jobs it leased.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReturnLeases(self, request, context):
         """body: ReturnLeasesBody. A node leaving gives its work back at once.
         """
@@ -192,6 +216,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.SubmitTraining,
                     request_deserializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.FromString,
                     response_serializer=potluck_dot_v1_dot_coordinator__pb2.SubmitTrainingReply.SerializeToString,
+            ),
+            'LeaseVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseVerification,
+                    request_deserializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.FromString,
+                    response_serializer=potluck_dot_v1_dot_coordinator__pb2.VerificationLease.SerializeToString,
+            ),
+            'SubmitVerdicts': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitVerdicts,
+                    request_deserializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.FromString,
+                    response_serializer=potluck_dot_v1_dot_coordinator__pb2.SubmitVerdictsReply.SerializeToString,
             ),
             'ReturnLeases': grpc.unary_unary_rpc_method_handler(
                     servicer.ReturnLeases,
@@ -376,6 +410,60 @@ class Coordinator:
             '/potluck.v1.Coordinator/SubmitTraining',
             potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
             potluck_dot_v1_dot_coordinator__pb2.SubmitTrainingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potluck.v1.Coordinator/LeaseVerification',
+            potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
+            potluck_dot_v1_dot_coordinator__pb2.VerificationLease.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitVerdicts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potluck.v1.Coordinator/SubmitVerdicts',
+            potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
+            potluck_dot_v1_dot_coordinator__pb2.SubmitVerdictsReply.FromString,
             options,
             channel_credentials,
             insecure,
