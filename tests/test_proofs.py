@@ -1,12 +1,17 @@
 """TOPLOC-style proofs on their own (the cross-check with the toploc package is test_proofs_toploc.py)."""
+import math
+import statistics
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from protocol.proofs import (PRIME, ProofFormatError, ProofResult, ProofThresholds, build_proofs, passes,
-                             split_prefill, verify_proofs)
-from protocol.proofs import _evaluate, _interpolate
+from protocol.proofs import (PRIME, ProofFormatError, ProofResult, ProofThresholds, build_proofs,
+                             build_proofs_batch, passes, split_prefill, verify_proofs, verify_proofs_batch)
+from protocol.proofs import _evaluate, _injective_modulus, _interpolate, _reduce
 
 HIDDEN = 256
 
@@ -130,11 +135,165 @@ def test_passes_uses_the_published_thresholds_scaled_to_the_points():
 
 def test_interpolation_goes_through_every_point():
     rng = np.random.default_rng(0)
-    xs = rng.choice(PRIME, size=128, replace=False)
-    ys = rng.integers(0, PRIME, size=128)
-    coeffs = _interpolate(xs, ys.copy())
-    assert coeffs.shape == (128,) and (coeffs < PRIME).all()
-    assert (_evaluate(coeffs, xs) == ys).all()
+    for k in (128, 7, 2, 1):  # row by row: each row its own polynomial
+        xs = np.stack([rng.choice(PRIME, size=k, replace=False) for _ in range(5)])
+        ys = rng.integers(0, 65536, size=(5, k))  # bf16 bit patterns, some above PRIME
+        coeffs = _interpolate(xs, ys)
+        assert coeffs.shape == (5, k) and (coeffs >= 0).all() and (coeffs < PRIME).all()
+        assert (_evaluate(coeffs, xs) == ys % PRIME).all()
+        first_points = [field_value(row, int(x)) for row, x in zip(coeffs.tolist(), xs[:, 0])]
+        assert first_points == (ys[:, 0] % PRIME).tolist()  # checked without _evaluate too
+
+
+def test_float_reduction_is_exact_below_2_to_51():
+    rng = np.random.default_rng(1)
+    top = 2**51 // PRIME
+    multiples = np.concatenate([rng.integers(0, top, 10**5), np.arange(top - 100, top + 1)])
+    values = np.concatenate([multiples * PRIME + offset for offset in (0, 1, PRIME - 1)] +
+                            [rng.integers(0, 2**51, 10**5), np.arange(3 * PRIME)])
+    values = values[values < 2**51]
+    assert (_reduce(values.astype(np.float64)).astype(np.int64) == values % PRIME).all()
+
+
+# --- Many sequences at once: the same bytes and verdicts as one by one, and as an independent reference --
+
+def field_value(coeffs, x):
+    value = 0
+    for c in reversed(coeffs):
+        value = (value * x + c) % PRIME
+    return value
+
+
+def reference_chunks(rows, batching, skip_prefill):
+    rows = [row.reshape(-1).to(torch.bfloat16) for row in rows]
+    decode = rows if skip_prefill else rows[1:]
+    return ([] if skip_prefill else [rows[0]],
+            [torch.cat(decode[i:i + batching]) for i in range(0, len(decode), batching)])
+
+
+def reference_points(chunk, proof, topk):
+    """toploc's selection (torch topk of |bf16| per chunk) and the proof evaluated there, in Python ints."""
+    indices = chunk.abs().topk(min(topk, chunk.numel())).indices.tolist()
+    bits = [b & 0xFFFF for b in chunk.view(torch.int16)[indices].tolist()]
+    words = [int.from_bytes(proof[i:i + 2], "big") for i in range(0, len(proof), 2)]
+    return indices, bits, words[0], [field_value(words[1:], i % words[0]) for i in indices]
+
+
+def assert_proves(chunk, proof, topk):
+    """A proof is toploc's only polynomial (degree < k through k distinct points), so checking its
+    points checks its bytes."""
+    indices, bits, modulus, committed = reference_points(chunk, proof, topk)
+    assert len(proof) == 2 + 2 * len(indices) and modulus == _injective_modulus(indices)
+    assert committed == [b % PRIME for b in bits]
+
+
+def reference_result(chunk, proof, topk):
+    indices, bits, _, committed = reference_points(chunk, proof, topk)
+    errors = [abs((c & 0x7F) - (b & 0x7F)) for c, b in zip(committed, bits) if c & 0x7F80 == b & 0x7F80]
+    if not errors:
+        return ProofResult(len(indices), math.inf, math.inf, len(indices))
+    points, mean, median = len(indices), sum(errors) / len(errors), float(statistics.median(errors))
+    return ProofResult(points - len(errors), mean, median, points)
+
+
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@st.composite
+def batches(draw):
+    """Sequences of mixed widths and row dtypes, optionally with heavy ties, and chunking settings."""
+    ties = draw(st.booleans())
+    sequences = []
+    for _ in range(draw(st.integers(1, 5))):
+        hidden, prompt = draw(st.sampled_from([1, 3, 16, 40, 64, 130])), draw(st.integers(1, 4))
+        steps = draw(st.integers(0, 6))
+        g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+        rows = [torch.randn(prompt, hidden, generator=g), *torch.randn(steps, hidden, generator=g)]
+        dtypes = draw(st.lists(st.sampled_from(DTYPES), min_size=len(rows), max_size=len(rows)))
+        sequences.append([((row * 2).round() if ties else row).to(dtype) for row, dtype in zip(rows, dtypes)])
+    return sequences, draw(st.integers(1, 4)), draw(st.integers(1, 48)), draw(st.booleans())
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches())
+def test_a_batch_proves_and_verifies_each_sequence_as_alone(case):
+    sequences, batching, topk, skip_prefill = case
+    proofs = build_proofs_batch(sequences, batching, topk, skip_prefill)
+    g = torch.Generator().manual_seed(0)
+    noisy = [[row.float() * (1 + 0.02 * torch.randn(row.shape, generator=g)) for row in rows]
+             for rows in sequences]
+    verdicts = verify_proofs_batch(noisy, proofs, batching, topk, skip_prefill)
+    assert len(proofs) == len(verdicts) == len(sequences)
+    for rows, own, recomputed, results in zip(sequences, proofs, noisy, verdicts):
+        assert own == build_proofs(rows, batching, topk, skip_prefill)
+        prompt, decode = reference_chunks(rows, batching, skip_prefill)
+        assert len(own) == len(prompt + decode)
+        for chunk, proof in zip(prompt + decode, own):
+            assert_proves(chunk, proof, topk)
+        assert results == verify_proofs(recomputed, own, batching, topk, skip_prefill)
+        prompt, decode = reference_chunks(recomputed, batching, skip_prefill)
+        assert results == [reference_result(chunk, proof, topk) for chunk, proof in zip(prompt + decode, own)]
+    exact_verdicts = verify_proofs_batch(sequences, proofs, batching, topk, skip_prefill)
+    assert all(exact(r) for results in exact_verdicts for r in results)
+
+
+def test_demo_shaped_batch_matches_the_reference_with_ties_at_the_cut():
+    """The demo's shapes (prompts of a few rows of 256, 0-3 decode steps, k=128), a chunk past PRIME
+    values and bf16 values coarse enough that the k-th magnitude is nearly always tied."""
+    g = torch.Generator().manual_seed(3)
+    sequences = [[(torch.randn(int(torch.randint(1, 12, (1,), generator=g)), HIDDEN, generator=g) * 8)
+                  .round().to(torch.bfloat16),
+                  *torch.randn(i % 4, HIDDEN, generator=g)] for i in range(24)]  # fp32 decode rows
+    wide = torch.randn(32, 4096, generator=g)  # one decode chunk of 131072 values
+    wide.view(-1)[[5, 5 + PRIME]] = 100.0  # selected, and equal mod PRIME
+    sequences.insert(10, [torch.randn(1, 8, generator=g), wide])
+    proofs = build_proofs_batch(sequences)
+    assert int.from_bytes(proofs[10][1][:2], "big") < PRIME
+    for rows, own in zip(sequences, proofs):
+        prompt, decode = reference_chunks(rows, 32, False)
+        for chunk, proof in zip(prompt + decode, own):
+            assert_proves(chunk, proof, 128)
+    one_by_one = [verify_proofs(rows, own) for rows, own in zip(sequences, proofs)]
+    assert verify_proofs_batch(sequences, proofs) == one_by_one
+
+
+def test_a_malformed_proof_fails_its_sequence_only():
+    sequences = [activations(decode_steps=3, seed=seed) for seed in range(7)]
+    proofs = build_proofs_batch(sequences)
+    honest = [verify_proofs(s, p) for s, p in zip(sequences, proofs)]
+    bad = [list(p) for p in proofs]
+    bad[1][1] = bad[1][1][:-2]  # truncated
+    bad[2][0] = b"\xff\xff" + bad[2][0][2:]  # modulus outside the field
+    bad[3] = bad[3][:1]  # a proof missing
+    bad[4][1] = b"\0" * 258  # modulus 0
+    bad[5] = [bad[5][0][:-2] + b"\0", b"\0" * 258]  # two bad proofs: the first is named
+    results = verify_proofs_batch(sequences, bad)
+    reasons = {1: "proof 1: a proof here is 258 bytes", 2: "proof 0: modulus 65535", 3: "expected 2 proofs",
+               4: "proof 1: modulus 0", 5: "proof 0: a proof here"}
+    for number, result in enumerate(results):
+        if number in reasons:
+            assert isinstance(result, ProofFormatError) and reasons[number] in str(result)
+            with pytest.raises(ProofFormatError, match=reasons[number]):
+                verify_proofs(sequences[number], bad[number])
+        else:
+            assert result == honest[number]
+
+
+def test_bad_activations_in_a_batch_name_their_sequence():
+    good = activations(decode_steps=2)
+    nan = [good[0], torch.full((HIDDEN,), float("nan"))]
+    inf = [good[0] * torch.inf, *good[1:]]
+    for sequences, error, where in [([good, good, nan], ValueError, "sequence 2: .*NaN"),
+                                    ([good, inf], ValueError, "sequence 1: .*NaN or infinity"),
+                                    ([good, [good[0].to(torch.int32)]], TypeError, "sequence 1"),
+                                    ([[], good], ValueError, "sequence 0: no activations")]:
+        with pytest.raises(error, match=where):
+            build_proofs_batch(sequences)
+        with pytest.raises(error, match=where):
+            verify_proofs_batch(sequences, [[]] * len(sequences))
+    with pytest.raises(ValueError, match="2 sequences but 1 lists"):
+        verify_proofs_batch([good, good], [build_proofs(good)])
+    assert build_proofs_batch([]) == [] and verify_proofs_batch([], []) == []
 
 
 # --- A real (tiny, random) model: the node's cached decode against the validator's prefill --------
