@@ -1,23 +1,33 @@
-"""Accepting rollouts: envelope checks, reward recomputation, pooling and credit.
+"""Taking in rollouts: the coordinator's own checks, then a validator's (coordinator/verdicts.py).
 
-A submission that is malformed (wrong prompts, wrong group size, out-of-range tokens, a completion
-that stops early without EOS) is refused whole with INVALID_ARGUMENT. A well-formed group whose
-claimed rewards do not match the recomputed ones is rejected and earns nothing. Accepted groups
-earn credit (one unit per generated token) and enter the training pool, unless their rewards do
-not vary (no GRPO signal) or their version is already too old.
+At submission, in order:
+- envelope: the lease is the node's and still open, the version is the leased one and no more than
+  max_async_level behind (`stale_version`), exactly the leased prompts with G samples each, token
+  ids and log-probs in range. A malformed submission is refused whole (INVALID_ARGUMENT) and
+  nothing is recorded: it may be a bug, and the lease stays open for a corrected one;
+- content: every reward recomputed from the tokens must match exactly (`reward_mismatch`), and a
+  completion ends with EOS or at the length limit, never early (`stopped_early`). An honest node
+  cannot fail these, so a failure rejects the submission and quarantines the node.
+Then the submission waits for a validator's prefill check (sampling, log-probs, proofs) if it is
+sampled for one (every eval, and `verification.rate` of the rest); otherwise it counts at once,
+provisionally: a later caught failure of the same node voids it.
 """
 from __future__ import annotations
 
 import math
+import secrets
 
 from protocol.scoring import score
 from protocol.v1 import coordinator_pb2 as pb
 
 from .context import RunContext
-from .errors import invalid
+from .errors import invalid, precondition
 from .scheduler import held_lease
+from .store import pack_proofs
+from .verdicts import accept_groups, reject_submission
 
 REWARD_TOLERANCE = 1e-6
+MAX_PROOFS = 1024  # per rollout: far beyond any completion the length limit allows
 
 
 def _check_rollout(ctx: RunContext, r: pb.Rollout, limit: int) -> None:
@@ -36,8 +46,21 @@ def _check_rollout(ctx: RunContext, r: pb.Rollout, limit: int) -> None:
         raise invalid("tokens_after_eos", f"{where} continues after EOS")
     if r.finished != bool(eos_at):
         raise invalid("bad_finished", f"{where}: finished={r.finished} but EOS {'present' if eos_at else 'absent'}")
-    if not r.finished and n != limit:
-        raise invalid("stopped_early", f"{where} stops at {n} tokens without EOS before the limit {limit}")
+    if not 1 <= len(r.proofs) <= MAX_PROOFS:
+        raise invalid("bad_proofs", f"{where} carries {len(r.proofs)} proofs; a rollout has at least one")
+
+
+def _content_failure(ctx: RunContext, rollouts: list[pb.Rollout], recomputed: list[float]) -> tuple[str, str] | None:
+    """(check, detail) of the first rollout an honest node could not have produced, else None."""
+    for r, mine in zip(rollouts, recomputed):
+        if abs(mine - r.reward) > REWARD_TOLERANCE:
+            return "reward_mismatch", (f"task {r.task_id} sample {r.sample_index} claims reward {r.reward:g}; "
+                                       f"its tokens earn {mine:g}")
+    for r in rollouts:
+        if not r.finished and len(r.completion_ids) != ctx.max_new_tokens:
+            return "stopped_early", (f"task {r.task_id} sample {r.sample_index} stops at {len(r.completion_ids)} "
+                                     f"tokens without EOS, before the limit {ctx.max_new_tokens}")
+    return None
 
 
 def submit_rollouts(ctx: RunContext, node_id: str, body: pb.SubmitRolloutsBody) -> pb.SubmitRolloutsReply:
@@ -45,6 +68,12 @@ def submit_rollouts(ctx: RunContext, node_id: str, body: pb.SubmitRolloutsBody) 
     if body.version != lease.version:
         raise invalid("wrong_version", f"lease {lease.lease_id[:8]} is for version {lease.version}, "
                                        f"not {body.version}")
+    oldest = ctx.store.current_version() - ctx.config.rollouts.max_async_level
+    if lease.kind == "rollout" and lease.version < oldest:
+        with ctx.store.tx():
+            ctx.store.close_lease(lease.lease_id, "stale")
+        raise precondition("stale_version", f"version {lease.version} is older than the async limit allows "
+                                            f"(oldest usable: {oldest}); the rollouts are of no use now")
     task_ids, group_size = lease.spec["task_ids"], lease.spec["group_size"]
     keys = [(r.task_id, r.sample_index) for r in body.rollouts]
     if len(keys) != len(set(keys)):
@@ -55,42 +84,34 @@ def submit_rollouts(ctx: RunContext, node_id: str, body: pb.SubmitRolloutsBody) 
     for r in body.rollouts:
         _check_rollout(ctx, r, ctx.max_new_tokens)
 
-    by_task: dict[int, list[pb.Rollout]] = {t: [] for t in task_ids}
-    for r in sorted(body.rollouts, key=lambda r: r.sample_index):
-        by_task[r.task_id].append(r)
-    accepted, rejected, tokens, rewards = [], 0, 0, []
-    for task_id, group in by_task.items():
-        recomputed = [score(ctx.env, ctx.tokenizer, task_id, list(r.completion_ids), ctx.eos_id) for r in group]
-        if any(abs(mine - r.reward) > REWARD_TOLERANCE for mine, r in zip(recomputed, group)):
-            rejected += len(group)
-            continue
-        accepted.append((task_id, group, recomputed))
-        tokens += sum(len(r.completion_ids) for r in group)
-        rewards += recomputed
-
-    current = ctx.store.current_version()
-    too_old = lease.version < current - ctx.config.rollouts.max_async_level
+    order = {task_id: i for i, task_id in enumerate(task_ids)}
+    rollouts = sorted(body.rollouts, key=lambda r: (order[r.task_id], r.sample_index))
+    recomputed = [score(ctx.env, ctx.tokenizer, r.task_id, list(r.completion_ids), ctx.eos_id) for r in rollouts]
+    failure = _content_failure(ctx, rollouts, recomputed)
+    tokens = sum(len(r.completion_ids) for r in rollouts)
+    # Drawn after the submission, from the OS's randomness: a node cannot know which work is checked.
+    checked = lease.kind == "eval" or secrets.SystemRandom().random() < ctx.config.verification.rate
     with ctx.store.tx():
-        if lease.kind == "eval":
-            if not rejected:
-                accuracy = sum(rewards) / len(rewards)
-                ctx.store.set_eval(lease.version, accuracy)
-                ctx.store.event("eval", f"version {lease.version}: held-out accuracy {accuracy:.3f}")
-        else:
-            for task_id, group, recomputed in accepted:
-                varies = max(recomputed) != min(recomputed)
-                state = "stale" if too_old else (
-                    "pool" if varies or not ctx.config.rollouts.skip_zero_variance_groups else "skipped")
-                prompt_ids = ctx.tokenizer(ctx.env.task(task_id).prompt)["input_ids"]
-                ctx.store.add_group(lease.lease_id, node_id, lease.version, task_id, prompt_ids,
-                                    [(r.sample_index, list(r.completion_ids), list(r.logprobs), rew, r.finished)
-                                     for r, rew in zip(group, recomputed)], state)
-        if rejected:
-            ctx.store.event("reject", f"{node_id[-8:]}: {rejected} rollouts with a reward that does not "
-                                      f"match the recomputed one")
-        credit = ctx.store.credit(node_id, float(tokens), accepted=len(body.rollouts) - rejected,
-                                  rejected=rejected, tokens=tokens)
         ctx.store.close_lease(lease.lease_id, "done")
-        ctx.store.set_node_status(node_id, "idle")
+        ctx.store.add_submission(lease, "pending", False, tokens, len(rollouts))
+        for start in range(0, len(rollouts), group_size):
+            group = rollouts[start:start + group_size]
+            ctx.store.add_group(lease.lease_id, node_id, lease.version, group[0].task_id,
+                                ctx.tokenizer(ctx.env.task(group[0].task_id).prompt)["input_ids"],
+                                [(r.sample_index, list(r.completion_ids), list(r.logprobs), reward, r.finished,
+                                  pack_proofs(r.proofs))
+                                 for r, reward in zip(group, recomputed[start:start + group_size])],
+                                "eval" if lease.kind == "eval" else "pending")
+        if failure is not None:
+            reject_submission(ctx, ctx.store.submission(lease.lease_id), "coordinator", *failure, {})
+        elif not checked:
+            accept_groups(ctx, ctx.store.submission(lease.lease_id), verified=False)
+        else:
+            ctx.store.set_node_status(node_id, "idle")
+        credit = ctx.store.node(node_id)["credit"]
     ctx.notify()
-    return pb.SubmitRolloutsReply(accepted=len(body.rollouts) - rejected, rejected=rejected, credit=credit)
+    if failure is not None:
+        return pb.SubmitRolloutsReply(rejected=len(rollouts), credit=credit, reject_reason=failure[0])
+    if not checked:
+        return pb.SubmitRolloutsReply(accepted=len(rollouts), credit=credit)
+    return pb.SubmitRolloutsReply(pending=len(rollouts), credit=credit)

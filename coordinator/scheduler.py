@@ -2,9 +2,11 @@
 
 Rules:
 - eval of a published version (held-out split, greedy) comes before new rollouts;
-- rollouts are generated for the current version, and only while the pool plus the work in flight
-  is short of one batch: while a trainer trains on one batch, inference generates the next (up to
-  max_async_level versions behind by the time it is used), and nothing piles up to go stale;
+- rollouts are generated for the current version, and only while the pool (with the submissions
+  awaiting a validator) plus the work in flight is short of two batches: while a trainer trains on
+  one batch, inference generates the next (up to max_async_level versions behind by the time it is
+  used), nothing piles up to go stale, and a node sitting on its lease (slow, gone or hostile) cannot
+  keep the pool short of a batch until the lease expires;
 - training: a round's batch is pool groups no more than max_async_level versions old, cut into one
   shard per trainer of the round (rounds.py); a shard goes back to the pool if its lease expires or
   is returned.
@@ -69,9 +71,9 @@ def _eval_due(ctx: RunContext) -> int | None:
 def _rollout_room(ctx: RunContext, version: int) -> int:
     """How many more prompts may be leased for generation now."""
     cfg = ctx.config.rollouts
-    pooled = len(ctx.store.pool_groups(version - cfg.max_async_level)) + ctx.store.count_groups("pending")
-    in_flight = sum(len(lease.spec["task_ids"]) for lease in ctx.store.active_leases("rollout"))
-    return cfg.batch_groups - pooled - in_flight
+    pooled = ctx.store.count_pool_groups(version - cfg.max_async_level) + ctx.store.count_groups("pending")
+    in_flight = ctx.store.prompts_in_flight("rollout")
+    return 2 * cfg.batch_groups - pooled - in_flight
 
 
 def lease_rollouts(ctx: RunContext, node_id: str, max_prompts: int) -> pb.RolloutLease:

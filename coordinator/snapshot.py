@@ -6,9 +6,11 @@ import time
 from protocol.v1 import coordinator_pb2 as pb
 
 from .context import RunContext
+from .reputation import reputation
 from .store import now_ms
 
 EVENTS_SHOWN = 50
+VERDICTS_SHOWN = 50
 
 
 class RateMeter:
@@ -37,7 +39,9 @@ def build_snapshot(ctx: RunContext, meter: RateMeter) -> pb.SwarmSnapshot:
             node_id=row["node_id"], name=row["name"], role=row["role"], state=row["state"], hardware=hardware,
             credit=row["credit"], last_seen_ms=row["last_seen_ms"], tokens_per_s=row["tokens_per_s"],
             rollouts_accepted=row["rollouts_accepted"], rollouts_rejected=row["rollouts_rejected"],
-            online=row["state"] != "left" and t - row["last_seen_ms"] <= online_ms))
+            online=row["state"] != "left" and t - row["last_seen_ms"] <= online_ms,
+            quarantined=bool(row["quarantined"]),
+            reputation=reputation(row["verified_ok"], row["verified_failed"], bool(row["quarantined"]))))
     rewards = ctx.store.rewards_by_version()
     versions = [pb.VersionInfo(
         version=v["version"], sha256=v["sha256"], size=v["size"], created_ms=v["created_ms"],
@@ -53,4 +57,9 @@ def build_snapshot(ctx: RunContext, meter: RateMeter) -> pb.SwarmSnapshot:
         tokens_generated=tokens,
         events=[pb.Event(id=e["id"], time_ms=e["time_ms"], kind=e["kind"], text=e["text"])
                 for e in ctx.store.recent_events(EVENTS_SHOWN)],
-        server_time_ms=t, rollouts_per_s=meter.rate(accepted))
+        server_time_ms=t, rollouts_per_s=meter.rate(accepted),
+        verdicts=[pb.VerdictInfo(id=v["id"], time_ms=v["time_ms"], node_id=v["node_id"], validator=v["validator"],
+                                 accepted=bool(v["accepted"]), check=v["check_name"], detail=v["detail"],
+                                 rollouts=v["rollouts"] or 0, kind=v["kind"] or "", version=v["version"] or 0)
+                  for v in ctx.store.recent_verdicts(VERDICTS_SHOWN)],
+        rollouts_pending=ctx.store.count_pending_rollouts())

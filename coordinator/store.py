@@ -31,12 +31,14 @@ CREATE TABLE IF NOT EXISTS leases (
     spec TEXT NOT NULL, created_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
     state TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS leases_by_state ON leases (state, kind);
+CREATE INDEX IF NOT EXISTS leases_by_deadline ON leases (state, deadline_ms);
 CREATE TABLE IF NOT EXISTS groups (
     group_id INTEGER PRIMARY KEY AUTOINCREMENT, lease_id TEXT NOT NULL, node_id TEXT NOT NULL,
     version INTEGER NOT NULL, task_id INTEGER NOT NULL, prompt_ids BLOB NOT NULL,
     reward_mean REAL NOT NULL, reward_std REAL NOT NULL,
     state TEXT NOT NULL, train_lease TEXT, created_ms INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS groups_by_state ON groups (state, version);
+CREATE INDEX IF NOT EXISTS groups_by_lease ON groups (lease_id);
 CREATE TABLE IF NOT EXISTS rollouts (
     rollout_id INTEGER PRIMARY KEY AUTOINCREMENT, group_id INTEGER NOT NULL, sample_index INTEGER NOT NULL,
     completion_ids BLOB NOT NULL, logprobs BLOB NOT NULL, reward REAL NOT NULL, finished INTEGER NOT NULL,
@@ -311,6 +313,15 @@ class Store:
     def group_counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT state, COUNT(*) FROM groups GROUP BY state").fetchall())
 
+    def prompts_in_flight(self, kind: str) -> int:
+        """Prompts leased and not yet answered, summed in SQL: the lease hot path parses no JSON."""
+        return self.db.execute("SELECT COALESCE(SUM(json_array_length(spec, '$.task_ids')), 0) FROM leases"
+                               " WHERE state='active' AND kind=?", (kind,)).fetchone()[0]
+
+    def count_pool_groups(self, min_version: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM groups WHERE state='pool' AND version >= ?",
+                               (min_version,)).fetchone()[0]
+
     def count_nodes_not_left(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM nodes WHERE state != 'left'").fetchone()[0]
 
@@ -375,10 +386,12 @@ class Store:
                         (lease_id, node_id, validator, int(accepted), check, detail, json.dumps(figures), now_ms()))
 
     def recent_verdicts(self, limit: int) -> list[sqlite3.Row]:
-        rows = self.db.execute(
-            "SELECT v.*, s.kind, s.version, s.rollouts FROM verdicts v LEFT JOIN submissions s USING (lease_id)"
-            " ORDER BY v.id DESC LIMIT ?", (limit,)).fetchall()
-        return rows[::-1]
+        """The last `limit` verdicts and the last `limit` rejections (rare, and what a host looks for),
+        oldest first."""
+        query = ("SELECT v.*, s.kind, s.version, s.rollouts FROM verdicts v LEFT JOIN submissions s USING (lease_id)"
+                 " WHERE v.accepted <= ? ORDER BY v.id DESC LIMIT ?")
+        rows = {r["id"]: r for accepted in (1, 0) for r in self.db.execute(query, (accepted, limit)).fetchall()}
+        return [rows[i] for i in sorted(rows)]
 
     def count_verified(self, node_id: str, ok: bool) -> None:
         column = "verified_ok" if ok else "verified_failed"

@@ -19,11 +19,11 @@ START_TIMEOUT_S = 120
 
 
 class Proc:
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], log_dir: Path, module: str = "potluck") -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen([sys.executable, "-m", "potluck", *args], cwd=ROOT, stdout=self._log,
+        self.popen = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=self._log,
                                       stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def log(self) -> str:

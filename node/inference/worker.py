@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 from protocol.envs import Environment
+from protocol.proofs import build_proofs_batch
 from protocol.sampling import rollout_seed
 from protocol.scoring import score
 from protocol.v1 import coordinator_pb2 as pb
@@ -30,7 +31,7 @@ class Throughput:
 
 
 def rollouts_for(lease: pb.RolloutLease, model, tokenizer, env: Environment) -> list[pb.Rollout]:
-    """Generate and score every (prompt, sample) of a lease, in one batch."""
+    """Generate, prove and score every (prompt, sample) of a lease, in one batch."""
     prompts = [tokenizer(p.text)["input_ids"] for p in lease.prompts]
     group = lease.group_size
     seeds = [rollout_seed(lease.seed, p.task_id, i) for p in lease.prompts for i in range(group)]
@@ -38,11 +39,12 @@ def rollouts_for(lease: pb.RolloutLease, model, tokenizer, env: Environment) -> 
                    max_new_tokens=lease.sampling.max_new_tokens, eos_id=tokenizer.eos_token_id,
                    pad_id=tokenizer.pad_token_id, temperature=lease.sampling.temperature,
                    greedy=lease.sampling.greedy, seeds=seeds)
+    proofs = build_proofs_batch(gen.activations)
     rollouts = []
     for row, (ids, logprobs, finished) in enumerate(zip(gen.completion_ids, gen.logprobs, gen.finished)):
         prompt = lease.prompts[row // group]
         rollouts.append(pb.Rollout(task_id=prompt.task_id, sample_index=row % group, completion_ids=ids,
-                                   logprobs=logprobs, finished=finished,
+                                   logprobs=logprobs, finished=finished, proofs=proofs[row],
                                    reward=score(env, tokenizer, prompt.task_id, ids, tokenizer.eos_token_id)))
     return rollouts
 
