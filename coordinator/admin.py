@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from protocol.identity import public_key_of, verify
-from protocol.signing import admin_method, nonce_skew_s, signing_payload
+from protocol.signing import admin_method, signing_payload
 from protocol.v1 import admin_pb2 as apb
 from protocol.v1 import admin_pb2_grpc as apb_grpc
 from protocol.v1 import coordinator_pb2 as pb
@@ -40,22 +40,13 @@ class AdminService(apb_grpc.AdminServicer):
         payload = signing_payload(admin_method(method), request.node_id, request.nonce, request.body)
         if not verify(admin.public_key, payload, request.signature):
             raise unauthenticated("bad_signature", "the admin signature does not verify")
-        skew, window = nonce_skew_s(request.nonce), self.ctx.config.admission.clock_skew_seconds
-        if abs(skew) > window:
-            raise unauthenticated("stale_timestamp", f"the nonce's time is {skew:+.0f}s from the coordinator's "
-                                                     f"clock; the window is ±{window:g}s")
+        limits.check_nonce_time(request.nonce, self.ctx.config.admission.clock_skew_seconds)
         with self.ctx.store.tx():
             last = int(self.ctx.store.get_meta(ADMIN_NONCE_KEY) or 0)
             if request.nonce <= last:
                 raise unauthenticated("replayed_nonce", f"admin nonce {request.nonce} is not greater than {last}")
             self.ctx.store.set_meta(ADMIN_NONCE_KEY, str(request.nonce))
-        body = body_type()
-        try:
-            body.ParseFromString(request.body)
-        except DecodeError as exc:
-            raise invalid("malformed_body", f"{method} body does not parse as {body_type.__name__}: {exc}") from None
-        limits.check_fields(body)
-        return body
+        return limits.parse_body(method, request.body, body_type)
 
     def _set_paused(self, method: str, request: pb.SignedRequest, paused: bool) -> apb.AdminReply:
         body = self._authenticate(method, request, apb.PauseBody)

@@ -15,9 +15,11 @@ import math
 
 import multiaddr
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
-from .errors import exhausted, invalid
+from protocol.signing import nonce_skew_s
+
+from .errors import exhausted, invalid, unauthenticated
 
 KIB, MIB = 1 << 10, 1 << 20
 # Signed bodies, by RPC. Everything but SubmitTraining stays far under the 16 MiB transport cap.
@@ -47,6 +49,25 @@ def check_body_size(method: str, body: bytes) -> None:
     cap = body_cap(method)
     if len(body) > cap:
         raise exhausted("too_large", f"{method} body is {len(body)} bytes; the limit is {cap}")
+
+
+def check_nonce_time(nonce: int, window_s: float) -> None:
+    """A NonceClock nonce is wall-clock microseconds: refuse one too far from the server's clock."""
+    skew = nonce_skew_s(nonce)
+    if abs(skew) > window_s:
+        raise unauthenticated("stale_timestamp", f"the nonce's time is {skew:+.0f}s from the coordinator's "
+                                                 f"clock; the window is ±{window_s:g}s (check this machine's clock)")
+
+
+def parse_body(method: str, raw: bytes, body_type: type[Message]) -> Message:
+    """The signed body, parsed and checked field by field."""
+    body = body_type()
+    try:
+        body.ParseFromString(raw)
+    except DecodeError as exc:
+        raise invalid("malformed_body", f"{method} body does not parse as {body_type.__name__}: {exc}") from None
+    check_fields(body)
+    return body
 
 
 def _check_multiaddr(where: str, value: str) -> None:

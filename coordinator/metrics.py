@@ -1,5 +1,6 @@
-"""Prometheus metrics for operators: RPC rates and latencies from the service, and the run's state
-(nodes by role and state, queue depths, rollouts, versions) read from SQLite at scrape time.
+"""Prometheus metrics for operators: RPC rates, latencies and refusals (by reason) from the service,
+and the run's state (nodes by role and state, queue depths, rollouts, versions, verdicts by check,
+bans, pause) read from SQLite at scrape time.
 
 The scrape runs on prometheus-client's HTTP thread with its own read-only SQLite connection (WAL
 lets it read beside the writer), so a scrape never touches the event loop's connection.
@@ -44,8 +45,33 @@ class RunCollector(Collector):
             yield GaugeMetricFamily("potluck_tokens_generated", "Accepted generated tokens, all time", value=tokens)
             version = db.execute("SELECT COALESCE(MAX(version), -1) FROM versions").fetchone()[0]
             yield GaugeMetricFamily("potluck_version", "Latest published version", value=version)
+            yield from _admin_state(db)
+            yield from _verdicts(db)
         finally:
             db.close()
+
+
+def _admin_state(db: sqlite3.Connection):
+    bans = db.execute("SELECT COUNT(*) FROM bans").fetchone()[0] if _has_table(db, "bans") else 0
+    yield GaugeMetricFamily("potluck_banned_nodes", "Nodes banned by an admin", value=bans)
+    paused = db.execute("SELECT value FROM meta WHERE key='paused'").fetchone()
+    yield GaugeMetricFamily("potluck_paused", "1 while an admin has paused the run", value=int(bool(paused and paused[0] == "1")))
+
+
+def _verdicts(db: sqlite3.Connection):
+    """Validators' verdicts by outcome and by the check that decided them (issue 3's verdicts table)."""
+    if not _has_table(db, "verdicts"):
+        return
+    verdicts = GaugeMetricFamily("potluck_verdicts", "Verdicts on rollout submissions, all time",
+                                 labels=["result", "check"])
+    for accepted, check, n in db.execute("SELECT accepted, check_name, COUNT(*) FROM verdicts"
+                                         " GROUP BY accepted, check_name"):
+        verdicts.add_metric(["accepted" if accepted else "rejected", check], n)
+    yield verdicts
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 
 
 class Metrics:
@@ -53,9 +79,14 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter("potluck_rpc_requests", "RPCs answered, by method and status code",
                                 ["method", "code"], registry=self.registry)
+        self.refusals = Counter("potluck_rpc_refusals", "RPCs refused, by method and reason (potluck-reason)",
+                                ["method", "reason"], registry=self.registry)
         self.latency = Histogram("potluck_rpc_latency_seconds", "Time to answer an RPC", ["method"],
                                  registry=self.registry,
                                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0))
+
+    def refused(self, method: str, reason: str) -> None:
+        self.refusals.labels(method, reason).inc()
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()

@@ -3,6 +3,7 @@ TLS anywhere), sweep expired leases."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import os
@@ -99,6 +100,9 @@ async def _sweep(ctx: RunContext) -> None:
 async def serve(config: RunConfig, listen: str, data_dir: Path, metrics_listen: str | None = None,
                 use_tls: bool = False, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
     ctx = open_run(config, data_dir)
+    # What loading left on the heap (tokenizer, config) lives as long as the process: keep the
+    # collector from walking it again and again under load.
+    gc.freeze()
     metrics = Metrics()
     if metrics_listen:
         bound = metrics.serve(metrics_listen, data_dir / "state.sqlite")

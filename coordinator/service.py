@@ -13,11 +13,11 @@ import logging
 import time
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from protocol.config import HOST_ONLY
 from protocol.identity import public_key_of, verify
-from protocol.signing import nonce_skew_s, signing_payload
+from protocol.signing import signing_payload
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -41,6 +41,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.meter = RateMeter()
         self.rates = TokenBuckets(ctx.config.limits.rate_per_s, ctx.config.limits.burst)
         self.streams = limits.StreamGate(ctx.config.limits.max_streams)
+        self._interval_ms, self._interval_until = 0, 0.0
 
     async def _run(self, context: grpc.aio.ServicerContext, method: str, handler, *args):
         """Answer with handler's reply, or with the status its RpcError names; a bug becomes
@@ -50,6 +51,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             return handler(*args)
         except RpcError as err:
             code = err.code
+            self.metrics.refused(method, err.reason)
             log.info("refused %s: %s", method, err.message,
                      extra={"rpc": method, "code": code.name, "reason": err.reason})
             await context.abort(err.code, err.message, trailing_metadata=(("potluck-reason", err.reason),))
@@ -80,20 +82,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         if wait > 0:
             raise exhausted("rate_limited", f"node {node_id} exceeds {self.ctx.config.limits.rate_per_s:g} "
                                             f"calls/s; retry in {wait:.2f}s")
-        skew, window = nonce_skew_s(request.nonce), self.ctx.config.admission.clock_skew_seconds
-        if abs(skew) > window:
-            raise unauthenticated("stale_timestamp", f"the nonce's time is {skew:+.0f}s from the coordinator's "
-                                                     f"clock; the window is ±{window:g}s (check this machine's clock)")
+        limits.check_nonce_time(request.nonce, self.ctx.config.admission.clock_skew_seconds)
         if row is not None and not self.ctx.store.claim_nonce(node_id, request.nonce):
             raise unauthenticated("replayed_nonce", f"nonce {request.nonce} is not greater than the last one "
                                                     f"seen from {node_id} (replayed or stale request)")
-        body = body_type()
-        try:
-            body.ParseFromString(request.body)
-        except DecodeError as exc:
-            raise invalid("malformed_body", f"{method} body does not parse as {body_type.__name__}: {exc}") from None
-        limits.check_fields(body)
-        return node_id, body
+        return node_id, limits.parse_body(method, request.body, body_type)
 
     def _role(self, node_id: str, role: int) -> None:
         if self.ctx.store.node(node_id)["role"] != role:
@@ -135,14 +128,18 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     def _heartbeat_interval_ms(self) -> int:
         """The run's heartbeat interval, stretched (BOINC-style) so the whole swarm's heartbeats stay
         near limits.heartbeat_target_rps however many nodes there are."""
-        online = self.ctx.store.count_nodes_not_left()
-        seconds = max(self.ctx.config.heartbeat_seconds, online / self.ctx.config.limits.heartbeat_target_rps)
-        return int(seconds * 1000)
+        now = time.monotonic()
+        if now >= self._interval_until:  # a count over all nodes: once a second is plenty
+            online = self.ctx.store.count_nodes_not_left()
+            seconds = max(self.ctx.config.heartbeat_seconds, online / self.ctx.config.limits.heartbeat_target_rps)
+            self._interval_ms, self._interval_until = int(seconds * 1000), now + 1.0
+        return self._interval_ms
 
     def _heartbeat(self, request: pb.SignedRequest) -> pb.HeartbeatReply:
         node_id, body = self._authenticate("Heartbeat", request, pb.HeartbeatBody)
         self.ctx.store.set_node_status(node_id, body.state[:32] or "idle", max(0.0, body.tokens_per_s))
-        return pb.HeartbeatReply(current_version=self.ctx.store.current_version(), server_time_ms=now_ms())
+        return pb.HeartbeatReply(current_version=self.ctx.store.current_version(), server_time_ms=now_ms(),
+                                 heartbeat_interval_ms=self._heartbeat_interval_ms())
 
     def _lease_rollouts(self, request: pb.SignedRequest) -> pb.RolloutLease:
         node_id, body = self._authenticate("LeaseRollouts", request, pb.LeaseRolloutsBody)

@@ -140,7 +140,7 @@ class LimitsConfig(_Strict):
     rate_per_s: float = Field(20.0, gt=0, le=1e6)  # signed calls per node per second, sustained
     burst: int = Field(60, ge=1, le=1_000_000)
     max_streams: int = Field(256, ge=1, le=100_000)  # concurrent Watch + FetchVersion streams
-    heartbeat_target_rps: float = Field(400.0, gt=0, le=1e6)  # heartbeat interval grows past this rate
+    heartbeat_target_rps: float = Field(200.0, gt=0, le=1e6)  # heartbeat interval grows past this rate
 
 
 HOST_ONLY = {"admission", "limits"}

@@ -25,7 +25,8 @@ def coordinator(tmp_path_factory):
     # never use up the room for more.
     run.write_text((PRESETS_DIR / "test.toml").read_text()
                    .replace("lease_seconds = 60", f"lease_seconds = {LEASE_SECONDS}")
-                   .replace("batch_groups = 4", "batch_groups = 256"))
+                   .replace("batch_groups = 4", "batch_groups = 256")
+                   .replace("every = 1", "every = 0"))  # no eval shards: every lease is a rollout shard
     proc = Coordinator(str(run), tmp / "data", tmp)
     yield proc
     assert proc.stop() == 0, proc.log()
@@ -38,9 +39,10 @@ def stub(coordinator):
 
 
 def answer_all(lease, reward=0.0):
-    """A well-formed submission: every leased (prompt, sample) answered by an immediate EOS."""
+    """A well-formed submission: every leased (prompt, sample) answered by an immediate EOS. Its
+    proofs are placeholders: these tests look at the coordinator's own checks, made at submission."""
     return [pb.Rollout(task_id=p.task_id, sample_index=i, completion_ids=[EOS], logprobs=[-0.5], finished=True,
-                       reward=reward) for p in lease.prompts for i in range(lease.group_size)]
+                       reward=reward, proofs=[bytes(8)]) for p in lease.prompts for i in range(lease.group_size)]
 
 
 def lease_shard(node):
@@ -126,13 +128,17 @@ def test_wrong_role_and_foreign_lease(stub):
     refused(lambda: other.call("SubmitRollouts", submit), grpc.StatusCode.PERMISSION_DENIED, "not_your_lease")
 
 
-def test_malformed_rollouts_are_refused_and_wrong_rewards_rejected(stub):
-    node = Node(stub)
-    lease = lease_shard(node)
-
+def submitter(node, lease):
     def submit(rollouts, version=lease.version):
         return node.call("SubmitRollouts", pb.SubmitRolloutsBody(lease_id=lease.lease_id, version=version,
                                                                  rollouts=rollouts))
+    return submit
+
+
+def test_malformed_rollouts_are_refused_and_wrong_rewards_rejected(stub):
+    node = Node(stub)
+    lease = lease_shard(node)
+    submit = submitter(node, lease)
 
     good = answer_all(lease)
     refused(lambda: submit(good[:-1]), grpc.StatusCode.INVALID_ARGUMENT, "wrong_rollouts")
@@ -140,21 +146,26 @@ def test_malformed_rollouts_are_refused_and_wrong_rewards_rejected(stub):
     refused(lambda: submit(good, version=lease.version + 7), grpc.StatusCode.INVALID_ARGUMENT, "wrong_version")
     bad_token = [pb.Rollout(**{**_fields(r), "completion_ids": [10_000]}) if i == 0 else r for i, r in enumerate(good)]
     refused(lambda: submit(bad_token), grpc.StatusCode.INVALID_ARGUMENT, "bad_token")
-    early = [pb.Rollout(**{**_fields(r), "completion_ids": [5], "finished": False}) if i == 0 else r
-             for i, r in enumerate(good)]
-    refused(lambda: submit(early), grpc.StatusCode.INVALID_ARGUMENT, "stopped_early")
-    # Well-formed, but the first group claims reward 1 for an empty answer: that group is rejected.
+    # Well-formed, but the first group claims reward 1 for an empty answer: no honest node does
+    # that, so the whole submission is rejected (and the node quarantined).
     inflated = [pb.Rollout(**{**_fields(r), "reward": 1.0}) if r.task_id == lease.prompts[0].task_id else r
                 for r in good]
     reply = submit(inflated)
-    assert reply.rejected == lease.group_size and reply.accepted == len(good) - lease.group_size
+    assert reply.rejected == len(good) and reply.accepted == 0 and reply.reject_reason == "reward_mismatch"
     refused(lambda: submit(good), grpc.StatusCode.FAILED_PRECONDITION, "lease_closed")
+    # Stopping without EOS before the length limit is likewise rejected.
+    other = Node(stub)
+    lease = lease_shard(other)
+    early = [pb.Rollout(**{**_fields(r), "completion_ids": [5], "finished": False}) if i == 0 else r
+             for i, r in enumerate(answer_all(lease))]
+    reply = submitter(other, lease)(early)
+    assert reply.rejected == len(early) and reply.reject_reason == "stopped_early"
 
 
 def _fields(rollout):
     return {"task_id": rollout.task_id, "sample_index": rollout.sample_index,
             "completion_ids": list(rollout.completion_ids), "logprobs": list(rollout.logprobs),
-            "finished": rollout.finished, "reward": rollout.reward}
+            "finished": rollout.finished, "reward": rollout.reward, "proofs": list(rollout.proofs)}
 
 
 def test_stale_and_future_timestamps_refused(stub):

@@ -43,3 +43,5 @@ def test_metrics_count_rpcs_by_status_and_report_run_state(tmp_path):
         assert samples['potluck_rpc_latency_seconds_count{method="Heartbeat"}'] == 4
         assert samples['potluck_nodes{role="inference",state="idle"}'] == 1
         assert samples["potluck_version"] == 0
+        assert samples['potluck_rpc_refusals_total{method="Heartbeat",reason="bad_signature"}'] == 1
+        assert samples["potluck_banned_nodes"] == 0 and samples["potluck_paused"] == 0

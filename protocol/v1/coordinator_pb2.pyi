@@ -104,12 +104,14 @@ class HeartbeatBody(_message.Message):
     def __init__(self, state: _Optional[str] = ..., tokens_per_s: _Optional[float] = ..., holding_version: _Optional[int] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("current_version", "server_time_ms")
+    __slots__ = ("current_version", "server_time_ms", "heartbeat_interval_ms")
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     current_version: int
     server_time_ms: int
-    def __init__(self, current_version: _Optional[int] = ..., server_time_ms: _Optional[int] = ...) -> None: ...
+    heartbeat_interval_ms: int
+    def __init__(self, current_version: _Optional[int] = ..., server_time_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "max_new_tokens", "greedy")
