@@ -66,11 +66,11 @@ async def _node(stub, pb, sign, identity, clock, work_s: float, measure_from: fl
             async with in_order:
                 return await getattr(stub, method)(sign(identity, clock, method, body), timeout=30)
         except grpc.aio.AioRpcError as err:
-            if started >= measure_from:
+            if measure_from <= started < stop_at:
                 errors[f"{method}:{err.code().name}"] = errors.get(f"{method}:{err.code().name}", 0) + 1
             return None
         finally:
-            if started >= measure_from:
+            if measure_from <= started < stop_at:
                 samples.setdefault(method, []).append((time.monotonic() - started) * 1000)
 
     reply = await call("Register", pb.RegisterBody(public_key=identity.public_key, role=pb.ROLE_INFERENCE))
@@ -84,7 +84,7 @@ async def _node(stub, pb, sign, identity, clock, work_s: float, measure_from: fl
         while time.monotonic() < stop_at:
             beat = await call("Heartbeat", pb.HeartbeatBody(state="generating", tokens_per_s=100.0))
             interval = beat.heartbeat_interval_ms / 1000 if beat else interval
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, min(interval, stop_at - time.monotonic())))
 
     beat = asyncio.create_task(heartbeats())
     try:
@@ -94,14 +94,14 @@ async def _node(stub, pb, sign, identity, clock, work_s: float, measure_from: fl
             if lease is None or not lease.has_work:
                 await asyncio.sleep((lease.retry_after_ms / 1000) if lease else 1.0)
                 continue
-            await asyncio.sleep(work_s * random.uniform(0.8, 1.2))
+            await asyncio.sleep(min(work_s * random.uniform(0.8, 1.2), max(0.0, stop_at - time.monotonic())))
             rollouts = [pb.Rollout(task_id=p.task_id, sample_index=i, completion_ids=[EOS], logprobs=[-0.5],
                                    finished=True, reward=0.0, proofs=[b"\x00" * 16])
                         for p in lease.prompts for i in range(lease.group_size)]
             await call("SubmitRollouts", pb.SubmitRolloutsBody(lease_id=lease.lease_id, version=lease.version,
                                                                rollouts=rollouts, generation_seconds=work_s))
     finally:
-        beat.cancel()
+        await beat  # it ends by itself at stop_at; cancelling would cut a call short and count it an error
 
 
 async def _client(address: str, count: int, work_s: float, ramp_s: float, measure_from: float,
@@ -182,10 +182,11 @@ def main() -> None:
             client.start()
         while time.time() < measure_from:
             time.sleep(0.1)
-        cpu_start = _cpu_seconds(coordinator.pid)
+        pids = [coordinator.pid] + [client.pid for client in clients]
+        cpu_start = [_cpu_seconds(pid) for pid in pids]
         while time.time() < stop_at:
             time.sleep(0.1)
-        cpu_used = _cpu_seconds(coordinator.pid) - cpu_start
+        cpu_used = [_cpu_seconds(pid) - start for pid, start in zip(pids, cpu_start)]
         results = [queue.get(timeout=120) for _ in clients]
         for client in clients:
             client.join(30)
@@ -209,7 +210,8 @@ def main() -> None:
         "p50_ms": round(percentile(everything, 0.50), 2), "p99_ms": round(percentile(everything, 0.99), 2),
         "max_ms": round(max(everything, default=0.0), 2),
         "errors": sum(errors.values()), "error_kinds": errors,
-        "coordinator_cpu_fraction": round(cpu_used / args.seconds, 3),
+        "coordinator_cpu_fraction": round(cpu_used[0] / args.seconds, 3),
+        "clients_cpu_fraction": round(sum(cpu_used[1:]) / args.seconds, 3),
         "load_avg_1m_after": round(os.getloadavg()[0], 2),  # other work on the machine skews the figures
         "methods": {m: {"calls": len(v), "p50_ms": round(statistics.median(v), 2),
                         "p99_ms": round(percentile(v, 0.99), 2)} for m, v in sorted(by_method.items())},

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
+from protocol.channel import aio_channel
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -184,7 +183,7 @@ async def follow(address: str, minutes: float, outer_steps: int, swarm: Swarm, o
     (time or outer steps) and a version at least as new as the one current then is evaluated."""
     started = time.monotonic()
     deadline, target, shown = started + minutes * 60, None, set()
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with aio_channel(address) as channel:  # the demo's coordinator is on loopback: plaintext
         async for snap in pb_grpc.CoordinatorStub(channel).Watch(pb.WatchRequest()):
             swarm.check_alive()
             # A version's line waits for its successor, by when most of its rollouts are in.

@@ -30,7 +30,7 @@ def coordinator(tmp_path_factory):
     run = tmp / "run.toml"
     run.write_text((PRESETS_DIR / "test.toml").read_text().replace("batch_groups = 4", "batch_groups = 64") +
                    f'\n[admission]\njoin_token_sha256 = "{token_hash(TOKEN)}"\ntrainers = ["{TRAINER.node_id}"]\n')
-    proc = Coordinator(str(run), tmp / "data", tmp)
+    proc = Coordinator(str(run), tmp / "data", tmp, extra=("--log-format", "json"))
     proc.key = tmp / "data" / "coordinator.key"
     yield proc
     assert proc.stop() == 0, proc.log()
@@ -59,6 +59,14 @@ def test_join_token_required(stub):
     assert "admission" not in json.loads(reply.run_config_json)  # host-only: never sent to nodes
 
 
+def test_json_logs_name_each_refusal(coordinator, stub):
+    refused(lambda: Node(stub, join_token="wrong"), grpc.StatusCode.UNAUTHENTICATED, "bad_join_token")
+    entries = [json.loads(line) for line in coordinator.log().splitlines() if line.startswith("{")]
+    assert any(e["message"].startswith("coordinator for run") for e in entries)
+    refusal = [e for e in entries if e.get("reason") == "bad_join_token"][-1]
+    assert refusal["rpc"] == "Register" and refusal["code"] == "UNAUTHENTICATED" and refusal["level"] == "info"
+
+
 def test_trainer_allowlist(stub):
     refused(lambda: Node(stub, role=pb.ROLE_TRAINER, join_token=TOKEN), grpc.StatusCode.PERMISSION_DENIED,
             "not_allowed")
@@ -71,7 +79,9 @@ def test_role_rules():
     assert role_allowed(rules, pb.ROLE_TRAINER, "a", 0.0)
     assert role_allowed(rules, pb.ROLE_TRAINER, "b", 100.0) and not role_allowed(rules, pb.ROLE_TRAINER, "b", 99.0)
     assert role_allowed(rules, pb.ROLE_INFERENCE, "b", 0.0)
-    assert role_allowed(AdmissionConfig(), pb.ROLE_VALIDATOR, "b", 0.0)
+    assert role_allowed(AdmissionConfig(), pb.ROLE_TRAINER, "b", 0.0)
+    assert not role_allowed(AdmissionConfig(), pb.ROLE_VALIDATOR, "b", 1e9)  # validators are named, never open
+    assert role_allowed(AdmissionConfig(validators=("a",)), pb.ROLE_VALIDATOR, "a", 0.0)
     assert not role_allowed(AdmissionConfig(validators=("a",)), pb.ROLE_VALIDATOR, "b", 1e9)
 
 

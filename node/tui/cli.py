@@ -20,5 +20,10 @@ def _tui(args: argparse.Namespace) -> int:
     from .app import PotluckTui
     from .feed import watch
 
-    PotluckTui(watch(args.coordinator, security=security_of(args)), args.coordinator).run()
+    try:
+        security = security_of(args)
+    except ValueError as exc:  # a malformed fingerprint, both --fingerprint and --ca
+        print(f"potluck tui: {exc}")
+        return 2
+    PotluckTui(watch(args.coordinator, security=security), args.coordinator).run()
     return 0
