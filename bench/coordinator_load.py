@@ -61,17 +61,17 @@ async def _node(stub, pb, sign, identity, clock, work_s: float, measure_from: fl
     in_order = asyncio.Lock()  # as node/client.py: nonces must arrive in the order they were issued
 
     async def call(method: str, body):
-        started = time.monotonic()
-        try:
-            async with in_order:
+        async with in_order:  # the time waiting here is the node's own queue, not the coordinator's
+            started = time.monotonic()
+            try:
                 return await getattr(stub, method)(sign(identity, clock, method, body), timeout=30)
-        except grpc.aio.AioRpcError as err:
-            if measure_from <= started < stop_at:
-                errors[f"{method}:{err.code().name}"] = errors.get(f"{method}:{err.code().name}", 0) + 1
-            return None
-        finally:
-            if measure_from <= started < stop_at:
-                samples.setdefault(method, []).append((time.monotonic() - started) * 1000)
+            except grpc.aio.AioRpcError as err:
+                if measure_from <= started < stop_at:
+                    errors[f"{method}:{err.code().name}"] = errors.get(f"{method}:{err.code().name}", 0) + 1
+                return None
+            finally:
+                if measure_from <= started < stop_at:
+                    samples.setdefault(method, []).append((time.monotonic() - started) * 1000)
 
     reply = await call("Register", pb.RegisterBody(public_key=identity.public_key, role=pb.ROLE_INFERENCE))
     if reply is None:
