@@ -24,7 +24,8 @@ def check_token(rules: AdmissionConfig, token: str) -> None:
 
 
 def role_allowed(rules: AdmissionConfig, role: int, node_id: str, credit: float) -> bool:
-    """Open roles (no list, no threshold) admit anyone; otherwise listed nodes, or nodes with the credit."""
+    """Listed nodes, or nodes with the credit threshold. A trainer role with neither is open to all;
+    the validator role never is: a validator's verdicts are trusted, so the host names who judges."""
     if role == pb.ROLE_TRAINER:
         listed, threshold = rules.trainers, rules.trainer_min_credit
     elif role == pb.ROLE_VALIDATOR:
@@ -32,7 +33,7 @@ def role_allowed(rules: AdmissionConfig, role: int, node_id: str, credit: float)
     else:
         return True
     if not listed and threshold == 0:
-        return True
+        return role == pb.ROLE_TRAINER
     return node_id in listed or (threshold > 0 and credit >= threshold)
 
 

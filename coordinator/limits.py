@@ -106,7 +106,15 @@ def check_fields(message: Message, path: str = "") -> None:
     for field, value in message.ListFields():
         where = f"{path}{field.name}"
         repeated = field.is_repeated
-        if field.type == FieldDescriptor.TYPE_MESSAGE:
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            key_field, value_field = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                _check_scalar(f"{where} key", key_field, key)
+                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                    check_fields(item, f"{where}[{key!r}].")
+                else:
+                    _check_scalar(f"{where}[{key!r}]", value_field, item)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
             for i, item in enumerate(value if repeated else [value]):
                 check_fields(item, f"{where}[{i}]." if repeated else f"{where}.")
         elif repeated:

@@ -2,7 +2,8 @@
 
 For a submission (a VerificationJob) the validator loads the version the rollouts claim and runs
 one batched prefill over each prompt + completion (all but the last token, which is never fed
-back). From it, every rollout is checked three ways:
+back), each distinct prompt computed once for its group (`prefill_shared`). From it, every rollout
+is checked three ways:
 
 - sampling: each token is the seeded Gumbel-max choice of the recomputed logits (protocol/sampling.py)
   within `logit_margin` (a greedy eval: the plain argmax within the margin). This is what shows the
@@ -23,11 +24,12 @@ import torch
 
 from .config import VerificationConfig
 from .proofs import ProofFormatError, ProofThresholds, passes, split_prefill, verify_proofs_batch
-from .sampling import check_choices, rollout_seed
+from .sampling import rollout_seed, scores
 from .v1 import coordinator_pb2 as pb
 
 CHECKS = ("proof", "sampling", "logprobs")  # in the order a failure is reported
 GREEDY_TEMPERATURE = 1.0  # greedy generation records log-probs of softmax(logits)
+FIGURE_CAP = 1e9
 
 
 @dataclass(frozen=True)
@@ -84,26 +86,109 @@ def prefill(model, sequences: list[list[int]], pad_id: int, max_batch_tokens: in
     return results  # type: ignore[return-value]
 
 
-def _check_tokens(finding: Finding, logits: torch.Tensor, rollout: pb.Rollout, seed: int,
-                  sampling: pb.SamplingParams, tol: Tolerances) -> None:
-    chosen = torch.tensor(list(rollout.completion_ids), dtype=torch.int64)
+@torch.no_grad()
+def prefill_shared(model, prompts: list[list[int]], continuations: list[tuple[int, list[int]]], pad_id: int,
+                   max_batch_tokens: int = 65536) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """What `prefill` gives for prompts[p] + tokens, for each (p, tokens) of continuations, computing
+    each prompt once: the G rollouts of a group share theirs, and on short completions the prompt is
+    most of the work. A left-padded forward of the prompts (as the node's generation runs), their
+    KV cache copied to each continuation's row, then one right-padded forward of the continuations."""
+    device = next(model.parameters()).device
+    rows_of: dict[int, list[int]] = {}
+    for i, (p, _) in enumerate(continuations):
+        rows_of.setdefault(p, []).append(i)
+    results: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(continuations)
+    pending = list(rows_of)
+    while pending:
+        batch: list[int] = []
+        while pending and (not batch or _batch_tokens(prompts, continuations, rows_of, batch + pending[:1])
+                           <= max_batch_tokens):
+            batch.append(pending.pop(0))
+        rows = [i for p in batch for i in rows_of[p]]
+        owners = [k for k, p in enumerate(batch) for _ in rows_of[p]]  # each row's prompt, in the batch
+        width = max(len(prompts[p]) for p in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for k, p in enumerate(batch):
+            ids[k, width - len(prompts[p]):] = torch.tensor(prompts[p], dtype=torch.long)
+            mask[k, width - len(prompts[p]):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    output_hidden_states=True)
+        prompt_logits, prompt_hidden = out.logits.float().cpu(), out.hidden_states[-1].cpu()
+        extra = max(len(continuations[i][1]) for i in rows)
+        if extra:
+            owner_index = torch.tensor(owners, dtype=torch.long, device=device)
+            cache = out.past_key_values
+            cache.reorder_cache(owner_index)
+            more = torch.full((len(rows), extra), pad_id, dtype=torch.long)
+            more_mask = torch.zeros((len(rows), extra), dtype=torch.long)
+            for r, i in enumerate(rows):
+                tokens = continuations[i][1]
+                more[r, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                more_mask[r, :len(tokens)] = 1
+            more_positions = positions[owner_index, -1:] + 1 + torch.arange(extra, device=device)
+            out = model(input_ids=more.to(device), past_key_values=cache, position_ids=more_positions,
+                        attention_mask=torch.cat([mask[owner_index], more_mask.to(device)], dim=-1),
+                        use_cache=True, output_hidden_states=True)
+            more_logits, more_hidden = out.logits.float().cpu(), out.hidden_states[-1].cpu()
+        for r, (i, k) in enumerate(zip(rows, owners)):
+            length, count = len(prompts[batch[k]]), len(continuations[i][1])
+            logits, hidden = prompt_logits[k, width - length:], prompt_hidden[k, width - length:]
+            if count:
+                logits = torch.cat([logits, more_logits[r, :count]])
+                hidden = torch.cat([hidden, more_hidden[r, :count]])
+            results[i] = (logits, hidden)
+    return results  # type: ignore[return-value]
+
+
+def _batch_tokens(prompts, continuations, rows_of, batch: list[int]) -> int:
+    """Padded tokens of the continuation forward for these prompts (it dominates the prompts' own)."""
+    rows = [i for p in batch for i in rows_of[p]]
+    return len(rows) * (max(len(prompts[p]) for p in batch) + max(len(continuations[i][1]) for i in rows))
+
+
+def _check_tokens(findings: list[Finding], logits: list[torch.Tensor], rollouts: list[pb.Rollout],
+                  seeds: list[int], sampling: pb.SamplingParams, tol: Tolerances) -> None:
+    """Sampling and log-prob checks of every rollout at once (logits[i]: rollout i's completion
+    positions). Row for row the same arithmetic as `check_choices` per rollout (the seeded scores
+    of protocol/sampling.py, positions from 0), batched: per-rollout calls cost more than the math."""
+    counts = [len(r.completion_ids) for r in rollouts]
+    chosen = torch.tensor([t for r in rollouts for t in r.completion_ids], dtype=torch.int64)
+    everything = torch.cat(logits)
+    if bool(((chosen < 0) | (chosen >= everything.shape[1])).any()):
+        raise ValueError("a chosen token id is outside the vocabulary")
     if sampling.greedy:
-        gaps = logits.max(dim=-1).values - logits.gather(1, chosen[:, None]).squeeze(1)
-        worst = float(gaps.max())
         temperature = GREEDY_TEMPERATURE
+        gaps = everything.max(dim=-1).values - everything.gather(1, chosen[:, None]).squeeze(1)
     else:
-        verdict = check_choices(logits, chosen, seed, 0, sampling.temperature, tol.logit_margin)
-        worst = verdict.worst_gap
         temperature = sampling.temperature
-    finding.figures["sampling_gap"] = worst
-    if not worst <= tol.logit_margin:
-        finding.fail("sampling", f"a token is not the seeded choice: its score is {worst:.4g} logits "
-                                 f"below the best (margin {tol.logit_margin})")
-    recomputed = torch.log_softmax(logits / temperature, dim=-1).gather(1, chosen[:, None]).squeeze(1)
-    error = float((recomputed - torch.tensor(list(rollout.logprobs))).abs().max())
-    finding.figures["logprob_error"] = error
-    if not error <= tol.logprob_tolerance:
-        finding.fail("logprobs", f"a behaviour log-prob is off by {error:.4g} (tolerance {tol.logprob_tolerance})")
+        positions = torch.cat([torch.arange(count, dtype=torch.int64) for count in counts])
+        noisy = scores(everything, torch.tensor(seeds, dtype=torch.int64).repeat_interleave(torch.tensor(counts)),
+                       positions, temperature)
+        mine = noisy.gather(1, chosen[:, None]).squeeze(1)
+        gaps = ((noisy.max(dim=1).values - mine) * temperature).clamp(min=0)
+        gaps = gaps.masked_fill(mine == -math.inf, math.inf)  # a token the scores exclude
+    recomputed = torch.log_softmax(everything / temperature, dim=-1).gather(1, chosen[:, None]).squeeze(1)
+    errors = (recomputed - torch.tensor([lp for r in rollouts for lp in r.logprobs])).abs()
+    for finding, gap, error in zip(findings, _per_rollout_max(gaps, counts), _per_rollout_max(errors, counts)):
+        finding.figures["sampling_gap"] = gap
+        if not gap <= tol.logit_margin:
+            finding.fail("sampling", f"a token is not the seeded choice: its score is {gap:.4g} logits "
+                                     f"below the best (margin {tol.logit_margin})")
+        finding.figures["logprob_error"] = error
+        if not error <= tol.logprob_tolerance:
+            finding.fail("logprobs", f"a behaviour log-prob is off by {error:.4g} (tolerance {tol.logprob_tolerance})")
+
+
+def _per_rollout_max(values: torch.Tensor, counts: list[int]) -> list[float]:
+    """The largest of each rollout's run of non-negative values (NaN if any is NaN; 0 if none)."""
+    rows = torch.arange(len(counts)).repeat_interleave(torch.tensor(counts))
+    columns = torch.cat([torch.arange(count) for count in counts])
+    table = values.new_zeros((len(counts), max(counts, default=0) or 1))
+    table[rows, columns] = values
+    return table.max(dim=1).values.tolist()
 
 
 def _check_proofs(finding: Finding, results, tol: Tolerances) -> None:
@@ -124,19 +209,18 @@ def check_job(model, tokenizer, job: pb.VerificationJob, tol: Tolerances) -> lis
     """One Finding per rollout of the job, in the job's order."""
     prompt_ids = {p.task_id: tokenizer(p.text)["input_ids"] for p in job.prompts}
     rollouts = list(job.rollouts)
-    forwards = prefill(model, [prompt_ids[r.task_id] + list(r.completion_ids)[:-1] for r in rollouts],
-                       tokenizer.pad_token_id)
+    prompt_of = {task_id: n for n, task_id in enumerate(prompt_ids)}
+    forwards = prefill_shared(model, list(prompt_ids.values()),
+                              [(prompt_of[r.task_id], list(r.completion_ids)[:-1]) for r in rollouts],
+                              tokenizer.pad_token_id)
     activations = [split_prefill(hidden, len(prompt_ids[r.task_id])) for r, (_, hidden) in zip(rollouts, forwards)]
     proof_results = verify_proofs_batch(activations, [list(r.proofs) for r in rollouts])
-    findings = []
-    for r, (logits, _), proofs in zip(rollouts, forwards, proof_results):
-        finding = Finding()
-        prompt_len = len(prompt_ids[r.task_id])
-        # Position t predicts token t+1: the completion's logits start at the prompt's last position.
-        _check_tokens(finding, logits[prompt_len - 1:], r, rollout_seed(job.seed, r.task_id, r.sample_index),
-                      job.sampling, tol)
+    findings = [Finding() for _ in rollouts]
+    # Position t predicts token t+1: the completion's logits start at the prompt's last position.
+    _check_tokens(findings, [logits[len(prompt_ids[r.task_id]) - 1:] for r, (logits, _) in zip(rollouts, forwards)],
+                  rollouts, [rollout_seed(job.seed, r.task_id, r.sample_index) for r in rollouts], job.sampling, tol)
+    for finding, proofs in zip(findings, proof_results):
         _check_proofs(finding, proofs, tol)
-        findings.append(finding)
     return findings
 
 
@@ -145,7 +229,8 @@ def verdict(job: pb.VerificationJob, findings: list[Finding]) -> pb.Verdict:
     figures: dict[str, float] = {}
     for finding in findings:
         for name, value in finding.figures.items():
-            figures[name] = max(figures.get(name, -math.inf), value)
+            # Capped: a verdict travels in a message whose numbers must be finite (inf: "no match at all").
+            figures[name] = max(figures.get(name, -math.inf), min(value, FIGURE_CAP))
     failing = [(r, f) for r, f in zip(job.rollouts, findings) if f.failed]
     if not failing:
         return pb.Verdict(job_id=job.job_id, accepted=True, figures=figures)

@@ -1,13 +1,16 @@
-"""A real node process that cheats: `python -m tests.cheat_node KIND --coordinator HOST:PORT --home DIR`.
+"""Real cheating nodes in one process:
+`python -m tests.cheat_node KIND [KIND ...] --coordinator HOST:PORT --home-root DIR`.
 
-It is `potluck node join --role inference` with the shard work swapped for one of tests/adversary.py's
-cheats (or, for `stale_version`, honest work held back until it is too old to use), as a modified
-client would be.
+Each KIND is its own node (its own key under DIR/cheat-KIND, its own client and model, named
+cheat-KIND) running `potluck node join --role inference` with the shard work swapped for one of
+tests/adversary.py's cheats, as a modified client would; `stale_version` does honest work but holds
+its first shard back until it is too old to use. One process keeps the test light on a small machine.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import logging
 from pathlib import Path
 
@@ -19,15 +22,17 @@ from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 from tests.adversary import CHEATS
 
+HONEST = inference_worker.rollouts_for
+KIND = contextvars.ContextVar("kind")  # which node's shard this is: asyncio.to_thread carries it along
+
 
 def held_until_stale(address: str, max_async_level: int):
     """Honest rollouts, the first shard's submitted only once the run has moved past max_async_level
     newer versions."""
-    honest = inference_worker.rollouts_for
     held = []
 
     def cheat(lease, model, tokenizer, env):
-        rollouts = honest(lease, model, tokenizer, env)
+        rollouts = HONEST(lease, model, tokenizer, env)
         if held:
             return rollouts
         held.append(lease.lease_id)
@@ -39,18 +44,28 @@ def held_until_stale(address: str, max_async_level: int):
     return cheat
 
 
+async def run(kinds: list[str], address: str, home_root: Path, max_async_level: int) -> int:
+    cheats = {**CHEATS, "stale_version": held_until_stale(address, max_async_level)}
+    # The worker looks the function up on its module for every shard.
+    inference_worker.rollouts_for = lambda lease, *rest: cheats[KIND.get()](lease, *rest)
+    stop = asyncio.Event()  # one for all: each join's signal handler sets it
+
+    async def one(kind: str) -> int:
+        KIND.set(kind)
+        return await join(address, "inference", "cpu", home_root / f"cheat-{kind}", f"cheat-{kind}", stop=stop)
+
+    return max(await asyncio.gather(*(one(kind) for kind in kinds)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=[*CHEATS, "stale_version"])
+    parser.add_argument("kinds", nargs="+", choices=[*CHEATS, "stale_version"])
     parser.add_argument("--coordinator", required=True)
-    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--home-root", type=Path, required=True)
     parser.add_argument("--max-async-level", type=int, default=1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # The worker looks the function up on its module for every shard.
-    inference_worker.rollouts_for = (held_until_stale(args.coordinator, args.max_async_level)
-                                     if args.kind == "stale_version" else CHEATS[args.kind])
-    return asyncio.run(join(args.coordinator, "inference", "cpu", args.home, f"cheat-{args.kind}"))
+    return asyncio.run(run(args.kinds, args.coordinator, args.home_root, args.max_async_level))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Cheating nodes against a real coordinator, beside an honest inference node and a trainer.
+"""Cheating nodes against a real coordinator, beside an honest inference node, a trainer and a
+validator node (the run's only validator: the coordinator's embedded one is off).
 
 Every cheater is a real node process (tests/cheat_node.py) or, for the cheats that are about the
 request rather than the rollouts, a real gRPC client. Each must be refused with the right reason,
@@ -13,6 +14,7 @@ import pytest
 from node.inference.worker import rollouts_for
 from protocol.config import PRESETS_DIR, load_run_config
 from protocol.envs import make_environment
+from protocol.identity import Identity
 from protocol.policy import load_policy, load_tokenizer
 from protocol.signing import NonceClock, signing_payload
 from protocol.v1 import coordinator_pb2 as pb
@@ -23,12 +25,13 @@ from tests.rpc import Node, refused
 
 MAX_ASYNC_LEVEL = 1
 RUN = (PRESETS_DIR / "test.toml").read_text().replace("batch_groups = 4", "batch_groups = 32").replace(
-    "[eval]\nevery = 1", "[eval]\nevery = 0")
+    "[eval]\nevery = 1", "[eval]\nevery = 0") + "\n[verification]\nembedded = false\n"
 
 
-def cheater(kind: str, address: str, tmp) -> Proc:
-    return Proc(f"cheat-{kind}", [kind, "--coordinator", address, "--home", str(tmp / f"cheat-{kind}"),
-                                  "--max-async-level", str(MAX_ASYNC_LEVEL)], tmp, module="tests.cheat_node")
+def cheaters(address: str, tmp) -> Proc:
+    """One process hosting a cheating node per kind."""
+    return Proc("cheaters", [*CHEATS, "stale_version", "--coordinator", address, "--home-root", str(tmp),
+                             "--max-async-level", str(MAX_ASYNC_LEVEL)], tmp, module="tests.cheat_node")
 
 
 def by_name(snapshot: pb.SwarmSnapshot) -> dict[str, pb.NodeInfo]:
@@ -45,17 +48,18 @@ def judged(snapshot: pb.SwarmSnapshot) -> bool:
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("adversarial")
+    validator = Identity.load_or_create(tmp / "validator" / "identity.key").node_id  # the key it will join with
     run = tmp / "run.toml"
-    run.write_text(RUN)
+    run.write_text(RUN + f'\n[admission]\nvalidators = ["{validator}"]\n')
     assert "batch_groups = 32" in RUN and "every = 0" in RUN
     coordinator = Coordinator(str(run), tmp / "data", tmp)
     procs = [node(coordinator.address, "inference", tmp / "honest", tmp),
-             node(coordinator.address, "trainer", tmp / "trainer", tmp)]
-    procs += [cheater(kind, coordinator.address, tmp) for kind in [*CHEATS, "stale_version"]]
+             node(coordinator.address, "trainer", tmp / "trainer", tmp),
+             node(coordinator.address, "validator", tmp / "validator", tmp)]
+    procs.append(cheaters(coordinator.address, tmp))
     try:
         snapshot = watch_until(coordinator.address, judged, 360)
-        stale = next(p for p in procs if p.name == "cheat-stale_version")
-        watch_until(coordinator.address, lambda s: "work refused (stale_version)" in stale.log(), 120)
+        watch_until(coordinator.address, lambda s: "work refused (stale_version)" in procs[-1].log(), 120)
         yield coordinator, snapshot, {p.name: p for p in procs}, run
     finally:
         for proc in procs:  # all at once: each takes a moment to return its leases and exit
@@ -72,6 +76,10 @@ def test_cheater_is_rejected_for_the_right_reason_and_quarantined(swarm, kind):
     cheat = by_name(snapshot)[f"cheat-{kind}"]
     verdicts = [v for v in snapshot.verdicts if v.node_id == cheat.node_id]
     assert verdicts and not verdicts[-1].accepted and verdicts[-1].check in EXPECTED_CHECKS[kind], verdicts
+    # The coordinator checks rewards and termination itself; the prefill checks are the validator's.
+    coordinator_checks = {"reward_mismatch", "stopped_early"}
+    assert verdicts[-1].validator == ("coordinator" if verdicts[-1].check in coordinator_checks
+                                      else by_name(snapshot)["validator"].node_id)
     # Caught on its first checked submission: nothing it did was ever credited or pooled.
     assert cheat.quarantined and cheat.reputation == 0.0
     assert cheat.credit == 0 and cheat.rollouts_accepted == 0 and cheat.rollouts_rejected > 0
@@ -82,7 +90,7 @@ def test_stale_submission_is_refused_without_blame(swarm):
     coordinator, _, procs, _ = swarm
     snapshot = watch_until(coordinator.address, lambda s: True, 10)
     stale = by_name(snapshot)["cheat-stale_version"]
-    assert "work refused (stale_version)" in procs["cheat-stale_version"].log()
+    assert "work refused (stale_version)" in procs["cheaters"].log()
     # Late is not dishonest: after the refusal it works on, honestly, unblamed.
     assert not stale.quarantined and stale.rollouts_rejected == 0
 
@@ -136,11 +144,19 @@ def test_forged_signature_is_refused(swarm, raw_node):
     assert by_name(after)["honest"].state != "left"
 
 
+def test_only_named_validators_are_admitted(raw_node):
+    raw, _, _, _ = raw_node
+    refused(lambda: raw.call("Register", pb.RegisterBody(public_key=raw.identity.public_key, role=pb.ROLE_VALIDATOR)),
+            grpc.StatusCode.PERMISSION_DENIED, "not_allowed")
+    refused(lambda: raw.call("LeaseVerification", pb.LeaseVerificationBody()),
+            grpc.StatusCode.PERMISSION_DENIED, "wrong_role")
+
+
 def test_honest_nodes_are_unaffected(swarm):
     coordinator, _, _, _ = swarm
     snapshot = watch_until(coordinator.address, lambda s: True, 10)
-    honest, trainer = by_name(snapshot)["honest"], by_name(snapshot)["trainer"]
+    honest, trainer, validator = (by_name(snapshot)[name] for name in ("honest", "trainer", "validator"))
     assert not honest.quarantined and honest.rollouts_rejected == 0 and honest.rollouts_accepted > 0
-    assert honest.credit > 0 and trainer.credit > 0 and honest.reputation > 0.5
+    assert honest.credit > 0 and trainer.credit > 0 and validator.credit > 0 and honest.reputation > 0.5
     assert all(v.accepted for v in snapshot.verdicts if v.node_id == honest.node_id)
     assert snapshot.current_version >= 3
