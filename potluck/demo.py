@@ -39,7 +39,7 @@ def add_commands(subparsers) -> None:
     demo.add_argument("--minutes", type=float, default=6.0, help="training time before stopping")
     demo.add_argument("--outer-steps", type=int, default=0, help="stop after this many versions (0: by time)")
     demo.add_argument("--inference", type=int, default=2, help="inference nodes")
-    demo.add_argument("--trainers", type=int, default=1, help="trainer nodes")
+    demo.add_argument("--trainers", type=int, default=2, help="trainer nodes (they share each round's batch)")
     demo.add_argument("--data", type=Path, default=None, help="keep state and logs here (default: a temp dir)")
     demo.add_argument("--json", action="store_true", help="end with one JSON line of results")
     demo.add_argument("--tui", action="store_true",
@@ -168,7 +168,8 @@ def report(snapshot: pb.SwarmSnapshot, wall_s: float, as_json: bool, out) -> Non
     first, last = result["eval_accuracy_first"], result["eval_accuracy_last"]
     gain = "" if first is None or last is None else f" ({last - first:+.3f})"
     print(f"done: {result['outer_steps']} outer steps, held-out accuracy {_accuracy(first)} -> "
-          f"{_accuracy(last)}{gain} in {result['wall_s']:.0f}s", file=out, flush=True)
+          f"{_accuracy(last)}{gain} in {result['wall_s']:.0f}s; every rollout verified: "
+          f"{result['rollouts_accepted']:,} accepted, {result['rollouts_rejected']:,} rejected", file=out, flush=True)
     if as_json:
         print(json.dumps(result))
 

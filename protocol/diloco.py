@@ -1,8 +1,9 @@
 """DiLoCo's outer step, over dicts of tensors: pseudo-gradient and Nesterov momentum.
 
-The pseudo-gradient is theta_v - theta_local after H inner steps. With one trainer it is applied
-as is; with several (a later issue) it is first averaged across trainers. outer_lr=1 with
-momentum=0 reproduces plain continued training exactly.
+The pseudo-gradient is theta_v - theta_local after H inner steps. With several trainers in a round
+it is first averaged across them (weighted by samples); trainers apply the step to their average,
+and the coordinator applies it to the pseudo-gradients they submit to check their results, so both
+sides share this code. outer_lr=1 with momentum=0 reproduces plain continued training exactly.
 """
 from __future__ import annotations
 
@@ -25,3 +26,8 @@ def outer_step(start: Tensors, delta: Tensors, momentum: Tensors, lr: float, mu:
         new_params[k] = start[k] - lr * update
         new_momentum[k] = buf
     return new_params, new_momentum
+
+
+def weighted_mean(deltas: list[Tensors], weights: list[float]) -> Tensors:
+    total = float(sum(weights))
+    return {k: sum(d[k] * (w / total) for d, w in zip(deltas, weights)) for k in deltas[0]}

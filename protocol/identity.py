@@ -82,3 +82,11 @@ class Identity:
 
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message)
+
+    def libp2p_private_key(self) -> bytes:
+        """The key as libp2p's crypto.proto PrivateKey{Type: Ed25519, Data: seed ‖ public key}: the
+        file format p2pd's `-id` reads, so the p2p daemon's peer id is this node id."""
+        seed = self._key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                       serialization.NoEncryption())
+        data = seed + self.public_key
+        return b"\x08\x01\x12" + bytes([len(data)]) + data

@@ -1,6 +1,6 @@
 import torch
 
-from node.trainer.diloco import outer_step, pseudo_gradient
+from protocol.diloco import outer_step, pseudo_gradient
 
 
 def test_plain_outer_step_reproduces_local_training():

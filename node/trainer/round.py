@@ -1,6 +1,7 @@
-"""One outer step on one trainer, top to bottom:
+"""One trainer's part of an outer step:
 
     theta_v (loaded) -> H inner AdamW steps of GRPO on the shard -> pseudo-gradient
+    ... (all-reduced with the round's other trainers: averaging.py) ...
     -> outer (Nesterov) step with the version's momentum -> theta_{v+1} and its momentum
 """
 from __future__ import annotations
@@ -10,20 +11,21 @@ from dataclasses import dataclass
 import torch
 
 from protocol.config import RunConfig
+from protocol.diloco import Tensors, outer_step, pseudo_gradient
 from protocol.policy import adapter_state, load_adapter_state
 from protocol.v1 import coordinator_pb2 as pb
 
 from .batch import build_batch, token_logprobs
-from .diloco import outer_step, pseudo_gradient
 from .grpo import clipped_token_loss
 
 
 @dataclass
-class RoundResult:
-    adapter: dict[str, torch.Tensor]
-    momentum: dict[str, torch.Tensor]
+class InnerResult:
+    start: Tensors   # theta_v
+    delta: Tensors   # theta_v - theta_local
     mean_loss: float
     clip_fraction: float
+    masked_fraction: float
     samples: int
 
 
@@ -39,31 +41,50 @@ def trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def run_round(model, samples: list[pb.TrainingSample], config: RunConfig, momentum: dict[str, torch.Tensor],
-              optimizer: torch.optim.Optimizer, pad_id: int) -> RoundResult:
+def inner_steps(model, samples: list[pb.TrainingSample], config: RunConfig, optimizer: torch.optim.Optimizer,
+                pad_id: int) -> InnerResult:
+    """H inner AdamW steps of GRPO on the shard; the model is left at theta_local."""
     grpo = config.grpo
     batch = build_batch(samples, pad_id, grpo.normalize_std)
     group_size = len(samples) // len({s.group_id for s in samples})
     start = adapter_state(model)
 
     model.train()
-    losses, clips = [], []
+    stats = []
     for rows in minibatches(len(batch) // group_size, group_size, grpo.inner_steps):
         part = batch.select(rows)
         logp = token_logprobs(model, part, config.sampling.temperature)
-        loss, stats = clipped_token_loss(logp, part.behaviour_logp, part.advantages, part.target_mask,
-                                         grpo.clip_low, grpo.clip_high)
+        loss, step_stats = clipped_token_loss(logp, part.behaviour_logp, part.advantages, part.target_mask,
+                                              grpo.clip_low, grpo.clip_high, grpo.ratio_mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable(model), grpo.max_grad_norm)
         optimizer.step()
-        losses.append(stats.loss)
-        clips.append(stats.clip_fraction)
+        stats.append(step_stats)
     model.eval()
+    n = len(stats)
+    return InnerResult(start, pseudo_gradient(start, adapter_state(model)), sum(s.loss for s in stats) / n,
+                       sum(s.clip_fraction for s in stats) / n, sum(s.masked_fraction for s in stats) / n, len(batch))
 
-    delta = pseudo_gradient(start, adapter_state(model))
+
+def apply_outer(model, start: Tensors, delta: Tensors, momentum: Tensors, config: RunConfig) -> tuple[Tensors, Tensors]:
+    """The outer step on the (averaged) pseudo-gradient; the model is left at theta_{v+1}."""
     outer = config.diloco
-    new_params, new_momentum = outer_step(start, delta, momentum, outer.outer_lr, outer.outer_momentum,
-                                          outer.nesterov)
+    new_params, new_momentum = outer_step(start, delta, momentum, outer.outer_lr, outer.outer_momentum, outer.nesterov)
     load_adapter_state(model, new_params)
-    return RoundResult(new_params, new_momentum, sum(losses) / len(losses), sum(clips) / len(clips), len(batch))
+    return new_params, new_momentum
+
+
+@dataclass
+class RoundResult:
+    adapter: Tensors
+    momentum: Tensors
+    inner: InnerResult
+
+
+def run_round(model, samples: list[pb.TrainingSample], config: RunConfig, momentum: Tensors,
+              optimizer: torch.optim.Optimizer, pad_id: int) -> RoundResult:
+    """A whole outer step by one trainer alone (no all-reduce)."""
+    inner = inner_steps(model, samples, config, optimizer, pad_id)
+    adapter, new_momentum = apply_outer(model, inner.start, inner.delta, momentum, config)
+    return RoundResult(adapter, new_momentum, inner)

@@ -1,5 +1,7 @@
-"""The trainer role: lease a training shard, load its parent version, run one round, submit the
-new version's bytes with their sha256."""
+"""The trainer role: lease a round's training shard, load its parent version, run the inner steps,
+all-reduce the pseudo-gradient with the round's other trainers, apply the outer step, and submit
+the candidate version with this trainer's own pseudo-gradient (the coordinator checks one against
+the other and publishes on a quorum)."""
 from __future__ import annotations
 
 import asyncio
@@ -15,30 +17,36 @@ from protocol.v1 import coordinator_pb2 as pb
 
 from ..client import CoordinatorClient
 from ..inference.worker import Throughput
+from ..p2p import PeerNode
 from ..versions import VersionLoader
-from .round import run_round, trainable
+from .averaging import RoundAverager
+from .faults import POISONS, fault_mode, poison
+from .round import apply_outer, inner_steps, trainable
 
 log = logging.getLogger("potluck.node")
 
 
 class TrainerWorker:
-    def __init__(self, client: CoordinatorClient, loader: VersionLoader, config: RunConfig, pad_id: int) -> None:
-        self.client, self.loader, self.config, self.pad_id = client, loader, config, pad_id
+    def __init__(self, client: CoordinatorClient, loader: VersionLoader, config: RunConfig, pad_id: int,
+                 peer: PeerNode) -> None:
+        self.client, self.loader, self.config, self.pad_id, self.peer = client, loader, config, pad_id, peer
+        self.averager = RoundAverager(peer, config.diloco.averaging_wait_seconds)
         self.throughput = Throughput()
         self.state = "idle"
+        self.busy_seconds = 0.0  # computing (inner steps, outer step), for utilization
         self._optimizer: torch.optim.Optimizer | None = None
-        self._produced: int | None = None  # the version this trainer's optimizer state belongs to
+        self._produced: int | None = None  # the version this trainer's last round was to make
 
     def _inner_optimizer(self, parent: int) -> torch.optim.Optimizer:
-        """Inner AdamW state carries over between rounds while this trainer continues from its own
-        last result (as DiLoCo keeps it); otherwise it starts fresh."""
+        """Inner AdamW state carries over between rounds while this trainer trains consecutive
+        versions (as DiLoCo keeps it); otherwise it starts fresh."""
         if self._optimizer is None or self._produced != parent:
             self._optimizer = torch.optim.AdamW(trainable(self.loader.model), lr=self.config.grpo.lr,
                                                 weight_decay=self.config.grpo.weight_decay)
         return self._optimizer
 
     async def step(self) -> None:
-        lease = await self.client.call("LeaseTraining", pb.LeaseTrainingBody())
+        lease = await self.client.call("LeaseTraining", pb.LeaseTrainingBody(p2p_maddrs=self.peer.maddrs))
         if not lease.has_work:
             self.state = "waiting"
             await asyncio.sleep(lease.retry_after_ms / 1000)
@@ -48,19 +56,42 @@ class TrainerWorker:
         self.state = "training"
         started = time.perf_counter()
         optimizer = self._inner_optimizer(lease.parent_version)
-        result = await asyncio.to_thread(run_round, self.loader.model, list(lease.samples), self.config,
-                                         self.loader.momentum, optimizer, self.pad_id)
+        inner = await asyncio.to_thread(inner_steps, self.loader.model, list(lease.samples), self.config,
+                                        optimizer, self.pad_id)
+        computed = time.perf_counter() - started
+        mode = fault_mode(lease.parent_version)
+        delta = poison(inner.delta, mode) if mode in POISONS else inner.delta
+
+        averaged, group = delta, [self.peer.peer_id]
+        others = [p for p in lease.peers if p.node_id != self.peer.peer_id]
+        if others:
+            self.state = "averaging"
+            await asyncio.to_thread(self.peer.connect, [m for p in others for m in p.maddrs])
+            self.averager.open(lease.round_id, delta, len(lease.peers), lease.compression)
+            averaged, group = await asyncio.to_thread(self.averager.average, delta, float(inner.samples))
+        adapter, momentum = apply_outer(self.loader.model, inner.start, averaged, self.loader.momentum, self.config)
+        if mode == "candidate":
+            adapter = poison(adapter, mode)
+        self.loader.version = None  # the model now holds a candidate, not a published version
+        blob = encode_blob(adapter, momentum)
         seconds = time.perf_counter() - started
-        self.loader.version, self.loader.momentum = None, result.momentum  # the model now holds a candidate
-        blob = encode_blob(result.adapter, result.momentum)
+        self.busy_seconds += computed
         self.throughput.tokens += sum(len(s.completion_ids) for s in lease.samples)
         self.throughput.seconds += seconds
+        self.state = "submitting"
         reply = await self.client.call("SubmitTraining", pb.SubmitTrainingBody(
-            lease_id=lease.lease_id, blob=blob, train_seconds=seconds, mean_loss=result.mean_loss,
-            samples_used=result.samples,
+            lease_id=lease.lease_id, blob=blob, train_seconds=seconds, mean_loss=inner.mean_loss,
+            samples_used=inner.samples, pseudo_gradient=encode_blob(delta), averaged_with=group,
             report=pb.VersionReport(parent_version=lease.parent_version, sha256=sha256_hex(blob), size=len(blob))))
-        self.loader.version = self._produced = reply.published_version
-        log.info("trained v%d -> v%d on %d samples in %.2fs (loss %.4f, clipped %.3f); credit %.0f",
-                 lease.parent_version, reply.published_version, result.samples, seconds, result.mean_loss,
-                 result.clip_fraction, reply.credit)
+        if reply.round_state == "published" and reply.published_sha256 == sha256_hex(blob):
+            self.loader.version, self.loader.momentum = reply.published_version, momentum
+        self._produced = lease.parent_version + 1
+        log.info("round %s: trained v%d on %d samples with %d peer(s) in %.2fs (loss %.4f, clipped %.3f, "
+                 "masked %.3f): %s%s; credit %.0f", lease.round_id[:8], lease.parent_version, inner.samples,
+                 len(group) - 1, seconds, inner.mean_loss, inner.clip_fraction, inner.masked_fraction,
+                 reply.round_state, f" v{reply.published_version}" if reply.published_version else "", reply.credit)
         self.state = "idle"
+
+    def close(self) -> None:
+        self.averager.close()
+        self.peer.shutdown()
