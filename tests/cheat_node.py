@@ -12,12 +12,13 @@ import argparse
 import asyncio
 import contextvars
 import logging
+import threading
 from pathlib import Path
 
 import grpc
 
 import node.inference.worker as inference_worker
-from node.join import join
+import node.join as node_join
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 from tests.adversary import CHEATS
@@ -48,11 +49,20 @@ async def run(kinds: list[str], address: str, home_root: Path, max_async_level: 
     cheats = {**CHEATS, "stale_version": held_until_stale(address, max_async_level)}
     # The worker looks the function up on its module for every shard.
     inference_worker.rollouts_for = lambda lease, *rest: cheats[KIND.get()](lease, *rest)
+    # transformers' from_pretrained is not safe in several threads at once; one node per process
+    # never needs it to be.
+    loading, load_policy = threading.Lock(), node_join.load_policy
+
+    def load_one_at_a_time(*args, **kwargs):
+        with loading:
+            return load_policy(*args, **kwargs)
+    node_join.load_policy = load_one_at_a_time
     stop = asyncio.Event()  # one for all: each join's signal handler sets it
 
     async def one(kind: str) -> int:
         KIND.set(kind)
-        return await join(address, "inference", "cpu", home_root / f"cheat-{kind}", f"cheat-{kind}", stop=stop)
+        return await node_join.join(address, "inference", "cpu", home_root / f"cheat-{kind}", f"cheat-{kind}",
+                                    stop=stop)
 
     return max(await asyncio.gather(*(one(kind) for kind in kinds)))
 

@@ -67,4 +67,4 @@ def test_demo_json(tmp_path):
     assert summary["outer_steps"] >= 2 and summary["versions"] == summary["outer_steps"] + 1
     for key in ("eval_accuracy_first", "eval_accuracy_last", "reward_first", "reward_last"):
         assert 0.0 <= summary[key] <= 1.0
-    assert summary["rollouts_accepted"] > 0 and summary["wall_s"] > 0
+    assert summary["rollouts_accepted"] > 0 and summary["rollouts_rejected"] == 0 and summary["wall_s"] > 0
