@@ -163,8 +163,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     def _lease_verification(self, request: pb.SignedRequest) -> pb.VerificationLease:
         node_id, body = self._authenticate("LeaseVerification", request, pb.LeaseVerificationBody)
         self._role(node_id, pb.ROLE_VALIDATOR)
-        return verdicts.lease_jobs(self.ctx, node_id, min(body.max_jobs or verdicts.MAX_JOB_ROLLOUTS,
-                                                          verdicts.MAX_JOB_ROLLOUTS))
+        return verdicts.lease_jobs(self.ctx, node_id, min(body.max_tokens or verdicts.MAX_JOB_TOKENS,
+                                                          verdicts.MAX_JOB_TOKENS))
 
     def _submit_verdicts(self, request: pb.SignedRequest) -> pb.SubmitVerdictsReply:
         node_id, body = self._authenticate("SubmitVerdicts", request, pb.SubmitVerdictsBody)

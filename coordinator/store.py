@@ -335,16 +335,17 @@ class Store:
     def submission(self, lease_id: str) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM submissions WHERE lease_id=?", (lease_id,)).fetchone()
 
-    def unleased_pending_submissions(self, limit_rollouts: int) -> list[sqlite3.Row]:
-        """Pending submissions no validator holds, oldest first, up to limit_rollouts rollouts (at least one)."""
+    def unleased_pending_submissions(self, limit_tokens: int) -> list[sqlite3.Row]:
+        """Pending submissions no validator holds, oldest first, up to limit_tokens generated tokens
+        (at least one submission)."""
         rows = self.db.execute("SELECT * FROM submissions WHERE state='pending' AND verify_lease IS NULL"
                                " ORDER BY created_ms, lease_id").fetchall()
         chosen, total = [], 0
         for row in rows:
-            if chosen and total + row["rollouts"] > limit_rollouts:
+            if chosen and total + row["tokens"] > limit_tokens:
                 break
             chosen.append(row)
-            total += row["rollouts"]
+            total += row["tokens"]
         return chosen
 
     def set_verify_lease(self, lease_ids: list[str], verify_lease: str | None) -> None:

@@ -25,7 +25,9 @@ from .store import unpack_floats, unpack_ints, unpack_proofs
 
 EMBEDDED_VALIDATOR = "coordinator"
 UNVERIFIABLE = "unverifiable"
-MAX_JOB_ROLLOUTS = 1024  # per verification lease (an eval job may exceed it on its own)
+# Generated tokens per verification lease (one submission may exceed it on its own): a lease's
+# tokens, log-probs and proofs stay a few MB on the wire.
+MAX_JOB_TOKENS = 1 << 17
 
 
 def _short(node_id: str) -> str:
@@ -115,10 +117,10 @@ def job_of(ctx: RunContext, sub: sqlite3.Row) -> pb.VerificationJob:
         rollouts=rollouts)
 
 
-def lease_jobs(ctx: RunContext, validator: str, max_rollouts: int = MAX_JOB_ROLLOUTS) -> pb.VerificationLease:
+def lease_jobs(ctx: RunContext, validator: str, max_tokens: int = MAX_JOB_TOKENS) -> pb.VerificationLease:
     expire_leases(ctx)
     with ctx.store.tx():
-        subs = ctx.store.unleased_pending_submissions(max_rollouts)
+        subs = ctx.store.unleased_pending_submissions(max_tokens)
         if not subs:
             return pb.VerificationLease(has_work=False, retry_after_ms=NO_WORK_RETRY_MS)
         ids = [s["lease_id"] for s in subs]

@@ -30,6 +30,7 @@ from .v1 import coordinator_pb2 as pb
 CHECKS = ("proof", "sampling", "logprobs")  # in the order a failure is reported
 GREEDY_TEMPERATURE = 1.0  # greedy generation records log-probs of softmax(logits)
 FIGURE_CAP = 1e9
+DETAIL_CHARS = 240  # a verdict's detail fits the coordinator's cap on strings
 
 
 @dataclass(frozen=True)
@@ -236,8 +237,8 @@ def verdict(job: pb.VerificationJob, findings: list[Finding]) -> pb.Verdict:
         return pb.Verdict(job_id=job.job_id, accepted=True, figures=figures)
     rollout, finding = failing[0]
     return pb.Verdict(job_id=job.job_id, accepted=False, check=finding.failed,
-                      detail=f"{len(failing)} of {len(findings)} rollouts fail; task {rollout.task_id} sample "
-                             f"{rollout.sample_index}: {finding.detail}",
+                      detail=(f"{len(failing)} of {len(findings)} rollouts fail; task {rollout.task_id} sample "
+                              f"{rollout.sample_index}: {finding.detail}")[:DETAIL_CHARS],
                       figures=figures, task_id=rollout.task_id, sample_index=rollout.sample_index)
 
 

@@ -206,10 +206,10 @@ class SubmitRolloutsReply(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., credit: _Optional[float] = ..., pending: _Optional[int] = ..., reject_reason: _Optional[str] = ...) -> None: ...
 
 class LeaseVerificationBody(_message.Message):
-    __slots__ = ("max_jobs",)
-    MAX_JOBS_FIELD_NUMBER: _ClassVar[int]
-    max_jobs: int
-    def __init__(self, max_jobs: _Optional[int] = ...) -> None: ...
+    __slots__ = ("max_tokens",)
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    max_tokens: int
+    def __init__(self, max_tokens: _Optional[int] = ...) -> None: ...
 
 class VerificationJob(_message.Message):
     __slots__ = ("job_id", "version", "sampling", "seed", "prompts", "group_size", "rollouts")
