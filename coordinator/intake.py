@@ -50,16 +50,18 @@ def _check_rollout(ctx: RunContext, r: pb.Rollout, limit: int) -> None:
         raise invalid("bad_proofs", f"{where} carries {len(r.proofs)} proofs; a rollout has at least one")
 
 
-def _content_failure(ctx: RunContext, rollouts: list[pb.Rollout], recomputed: list[float]) -> tuple[str, str] | None:
-    """(check, detail) of the first rollout an honest node could not have produced, else None."""
+def content_failure(rollouts: list[pb.Rollout], recomputed: list[float], max_new_tokens: int
+                    ) -> tuple[str, str] | None:
+    """(check, detail) of the first rollout an honest node could not have produced, else None.
+    Pure, so bench.verification applies the very same rule."""
     for r, mine in zip(rollouts, recomputed):
         if abs(mine - r.reward) > REWARD_TOLERANCE:
             return "reward_mismatch", (f"task {r.task_id} sample {r.sample_index} claims reward {r.reward:g}; "
                                        f"its tokens earn {mine:g}")
     for r in rollouts:
-        if not r.finished and len(r.completion_ids) != ctx.max_new_tokens:
+        if not r.finished and len(r.completion_ids) != max_new_tokens:
             return "stopped_early", (f"task {r.task_id} sample {r.sample_index} stops at {len(r.completion_ids)} "
-                                     f"tokens without EOS, before the limit {ctx.max_new_tokens}")
+                                     f"tokens without EOS, before the limit {max_new_tokens}")
     return None
 
 
@@ -87,7 +89,7 @@ def submit_rollouts(ctx: RunContext, node_id: str, body: pb.SubmitRolloutsBody) 
     order = {task_id: i for i, task_id in enumerate(task_ids)}
     rollouts = sorted(body.rollouts, key=lambda r: (order[r.task_id], r.sample_index))
     recomputed = [score(ctx.env, ctx.tokenizer, r.task_id, list(r.completion_ids), ctx.eos_id) for r in rollouts]
-    failure = _content_failure(ctx, rollouts, recomputed)
+    failure = content_failure(rollouts, recomputed, ctx.max_new_tokens)
     tokens = sum(len(r.completion_ids) for r in rollouts)
     # Drawn after the submission, from the OS's randomness: a node cannot know which work is checked.
     checked = lease.kind == "eval" or secrets.SystemRandom().random() < ctx.config.verification.rate

@@ -113,12 +113,15 @@ def build_proofs_batch(sequences: Sequence[Activations], decode_batching_size: i
     raise (ValueError, TypeError) with the sequence's position in the message."""
     batch = _Batch(sequences, decode_batching_size, topk, skip_prefill)
     proofs = [b""] * len(batch.sizes)
-    for positions, indices, bits in batch.selections():
+    sources = batch.first_copies()
+    for positions, indices, bits in batch.selections(set(sources)):
         moduli = _moduli(indices)
         coeffs = _interpolate(indices % moduli[:, None], bits)
         words = np.concatenate([moduli[:, None], coeffs], axis=1).astype(">u2")
         for position, row in zip(positions, words):
             proofs[position] = row.tobytes()
+    for position, source in enumerate(sources):
+        proofs[position] = proofs[source]
     return batch.per_sequence(proofs)
 
 
@@ -199,17 +202,28 @@ class _Batch:
     def per_sequence(self, flat: list) -> list[list]:
         return [flat[start:end] for start, end in zip(self.starts, self.starts[1:])]
 
-    def selections(self) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+    def first_copies(self) -> list[int]:
+        """For each chunk, the first chunk of identical values (itself if none): a group's rollouts
+        share their prompt block, and identical values have the same proof, so it is built once."""
+        first: dict[tuple, int] = {}
+        return [first.setdefault((tuple(row.dtype for row in chunk),
+                                  b"".join(row.contiguous().view(torch.uint8).numpy().tobytes() for row in chunk)),
+                                 position)
+                for position, chunk in enumerate(self.chunks)]
+
+    def selections(self, wanted: set[int] | None = None) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
         """Per point count k: (chunk positions, flat indices [n, k] of the k largest magnitudes, their
         bf16 bits [n, k]). The choice among equal magnitudes is part of the byte format: it is torch's
         CPU topk, as in toploc, which runs the same selection on each row of a [n, size] matrix as on
         a chunk alone, so chunks of one size share a call. It runs on magnitude bits as int16, which
         order and tie exactly as the bf16 magnitudes (finite values), and unsorted, which skips only
         a sort of the selection; both faster, neither changes the indices (tests compare). On the CPU
-        so ties resolve the same wherever the activations were computed."""
+        so ties resolve the same wherever the activations were computed. Only the chunks in `wanted`
+        (all when None)."""
         by_size: dict[int, list[int]] = {}
         for position, size in enumerate(self.sizes):
-            by_size.setdefault(size, []).append(position)
+            if wanted is None or position in wanted:
+                by_size.setdefault(size, []).append(position)
         by_points: dict[int, list[tuple[list[int], np.ndarray, np.ndarray]]] = {}
         for size, positions in by_size.items():
             values = torch.cat([row for p in positions for row in self.chunks[p]]).to(torch.bfloat16)
