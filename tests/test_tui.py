@@ -1,9 +1,13 @@
 """The TUI without a coordinator: its parts, and pilot and snapshot tests on a fixed, made-up swarm."""
 import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 import pytest
-from textual.widgets import Input, TabbedContent
+from textual.pilot import Pilot
+from textual.widgets import Input, Static, TabbedContent
 
 from node.tui import fmt
 from node.tui.app import PotluckTui
@@ -13,12 +17,14 @@ from node.tui.feed import Backoff, Disconnected, watch
 from node.tui.help import HelpScreen
 from node.tui.panes.logs import EventLog
 from node.tui.panes.nodes import NodesTable
+from node.tui.panes.verification import VerdictsTable, VerificationPane
 from node.tui.state import Link, SwarmState
 from node.tui.status import LinkBar
+from node.tui.table import SwarmTable
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
-from tests.tui_data import snapshot
-from tests.tui_pilot import check_snapshot, free_port, header, names, replay, settle, until
+from tests.tui_data import NOW_MS, SAMPLING_DETAIL, peer_id, snapshot
+from tests.tui_pilot import cell, check_snapshot, column, free_port, header, names, plain, replay, settle, until
 
 PANES = ("overview", "nodes", "verification", "checkpoints", "credit", "logs")
 FROZEN = 1000.0  # the clock the snapshot tests run on: "now" never moves
@@ -28,6 +34,15 @@ def make_app(*updates, clock=lambda: FROZEN) -> PotluckTui:
     app = PotluckTui(replay(updates), "127.0.0.1:7420", clock=clock)
     app.animation_level = "none"
     return app
+
+
+@asynccontextmanager
+async def fixed_swarm(size: tuple[int, int]) -> AsyncIterator[tuple[PotluckTui, Pilot]]:
+    """The app on the fixed swarm's snapshot, once it has read it."""
+    app = make_app(snapshot())
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: app.feed_ended, 10, "the fixed feed is read")
+        yield app, pilot
 
 
 # --- parts ---
@@ -58,6 +73,11 @@ def test_hardware_fits_a_column():
     assert fmt.gpu_name("NVIDIA A100-SXM4-40GB") == "A100"
     assert [fmt.age(ms) for ms in (999, 42_000, 7 * 60_000, 3 * 3_600_000, 12 * 86_400_000)] == \
         ["0s", "42s", "7m", "3h", "12d"]
+
+
+def test_percent_never_rounds_a_rejection_away():
+    assert [fmt.percent(f) for f in (None, 0.0, 0.0004, 0.5, 0.98765, 0.9997, 1.0)] == \
+        ["—", "0.0%", "<0.1%", "50.0%", "98.8%", ">99.9%", "100.0%"]
 
 
 def test_chart_fills_its_box_and_labels_its_axes():
@@ -110,50 +130,86 @@ def test_watch_drops_a_silent_stream_and_reconnects(monkeypatch):
 
 def test_nodes_sort_filter_and_details():
     async def run():
-        app = make_app(snapshot())
-        async with app.run_test(size=(120, 30)) as pilot:
-            await until(pilot, lambda: app.feed_ended, 10, "the fixed feed is read")
+        async with fixed_swarm((120, 30)) as (app, pilot):
             await pilot.press("2")
             table = app.query_one(NodesTable)
-            await until(pilot, lambda: table.row_count == 7, 10, "all nodes listed")
+            await until(pilot, lambda: table.row_count == 9, 10, "all nodes listed")
             assert app.focused is table
-            assert names(table) == ["ada", "bert", "curie", "dijkstra", "euler", "fermi", "gauss"]
+            assert names(table) == ["ada", "bert", "curie", "dijkstra", "euler", "fermi", "gauss", "hopper", "knuth"]
+            assert cell(table, "hopper", "role") == "validator"
             await pilot.press("r")
-            assert names(table)[0] == "gauss"
+            assert names(table)[0] == "knuth"
             # A click on the CREDIT header sorts by credit, biggest first; a second click reverses.
             await pilot.click(NodesTable, offset=header(table, "credit"))
             assert names(table)[:3] == ["ada", "curie", "gauss"]
             await pilot.click(NodesTable, offset=header(table, "credit"))
-            assert names(table)[:2] == ["fermi", "dijkstra"]
+            assert names(table)[:3] == ["knuth", "fermi", "dijkstra"]
             await pilot.press("s")  # next column: SEEN, most recent first
             assert names(table)[0] == "ada" and names(table)[-1] == "euler"
             # Filter: every word must match; the cursor row stays the one it was on.
             await pilot.press("slash")
             assert isinstance(app.focused, Input)
             await pilot.press(*"inference cpu")
-            assert sorted(names(table)) == ["bert", "dijkstra", "euler", "fermi"]
+            assert sorted(names(table)) == ["bert", "dijkstra", "euler", "fermi", "knuth"]
             await pilot.press("escape", "down", "enter")
             assert isinstance(app.screen, NodeDetails) and app.screen.node_id == table.ordered_rows[1].key.value
             await pilot.press("escape")
             assert not isinstance(app.screen, NodeDetails)
             await pilot.press("slash", *"offline", "enter")
-            assert names(table) == ["euler"] and app.focused is table
+            assert names(table) == ["knuth", "euler"] and app.focused is table  # still by SEEN
+            # A quarantined node reads so, in red, whatever its worker last reported; details say why.
+            await pilot.press("slash", *("ctrl+h",) * 7, *"quarantined", "enter")
+            assert names(table) == ["fermi", "knuth"]
+            assert cell(table, "fermi", "state") == "quarantined"
+            assert "red" in str(table.get_row_at(0)[column(table, "state")].style)
+            await pilot.press("up", "enter")
+            details = plain(app.screen.query_one("#body", Static).content)
+            assert "failed the sampling check" in details and re.search(r"reputation\s+0\.00", details)
+
+    asyncio.run(run())
+
+
+def test_verification_lists_verdicts_rejections_and_quarantines():
+    async def run():
+        async with fixed_swarm((80, 24)) as (app, pilot):
+            await pilot.press("3")
+            pane = app.query_one(VerificationPane)
+            verdicts = pane.query_one(VerdictsTable)
+            await until(pilot, lambda: verdicts.row_count == 10, 10, "every verdict listed")
+            assert app.focused is verdicts
+            summary = str(pane.query_one("#summary", Static).content)
+            assert "pending 48" in summary and "rejected 128" in summary and "quarantined 2" in summary
+            rows = [{c.key.value: cell.plain for c, cell in zip(verdicts.ordered_columns, verdicts.get_row_at(i))}
+                    for i in range(verdicts.row_count)]
+            assert (rows[0]["time"], rows[0]["node"]) == (fmt.hms(NOW_MS - 20_000), "dijkstra")  # newest first
+            fermi = next(r for r in rows if r["node"] == "fermi" and r["verdict"] == "✖")
+            # The detail is cut to the room 80 columns leave.
+            assert fermi["check"] == "sampling" and fermi["detail"].endswith("…")
+            assert SAMPLING_DETAIL.startswith(fermi["detail"][:-1])
+            await pilot.press("x")  # rejections only, newest first
+            assert [verdicts.get_row_at(i)[column(verdicts, "node")].plain for i in range(verdicts.row_count)] == \
+                ["fermi", "knuth"]
+            # The highlighted verdict's detail in full, under the table.
+            assert "margin 0.05" in plain(pane.query_one("#verdict", Static).content)
+            quarantined = pane.query_one("#quarantined", SwarmTable)
+            assert names(quarantined) == ["fermi", "knuth"]
+            assert [cell(quarantined, n, "check") for n in ("fermi", "knuth")] == ["sampling", "reward_mismatch"]
+            await pilot.press("down", "enter")  # Enter opens the verdict's node
+            assert isinstance(app.screen, NodeDetails) and app.screen.node_id == peer_id("knuth")
 
     asyncio.run(run())
 
 
 def test_logs_search_filters_and_keeps_order():
     async def run():
-        app = make_app(snapshot())
-        async with app.run_test(size=(80, 24)) as pilot:
-            await until(pilot, lambda: app.feed_ended, 10, "the fixed feed is read")
-            await pilot.press("6", "slash", *"reject")
+        async with fixed_swarm((80, 24)) as (app, pilot):
+            await pilot.press("6", "slash", *"quarantine")
             await settle(pilot)
             log = app.query_one("LogsPane EventLog", EventLog)
             shown = [event for event, _, first in log.rows if first]
-            assert [e.kind for e in shown] == ["reject"] * 3
+            assert [e.kind for e in shown] == ["quarantine"] * 2
             assert [e.id for e in shown] == sorted(e.id for e in shown)  # newest last
-            assert "sDKuZnLL" in shown[-1].text
+            assert "j1yiB3GG quarantined after failing the sampling check" in shown[-1].text
 
     asyncio.run(run())
 
@@ -163,10 +219,8 @@ def test_logs_search_filters_and_keeps_order():
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
 def test_panes_match_snapshots(size, tmp_path):
     async def run():
-        app = make_app(snapshot())
         failures = []
-        async with app.run_test(size=size) as pilot:
-            await until(pilot, lambda: app.feed_ended, 10, "the fixed feed is read")
+        async with fixed_swarm(size) as (app, pilot):
             for key, pane in zip("123456", PANES):
                 await pilot.press(key)
                 assert app.query_one(TabbedContent).active == pane
@@ -191,7 +245,7 @@ def test_details_help_and_disconnected_match_snapshots(tmp_path):
             assert str(bar.content).startswith("✖ disconnected — retrying in 3s") and bar.has_class("-disconnected")
             await settle(pilot)
             failures.append(check_snapshot(app.export_screenshot(simplify=True), "disconnected-80x24", tmp_path))
-            await pilot.press("2", "enter")
+            await pilot.press("2", *["down"] * 5, "enter")  # fermi, quarantined
             await settle(pilot)
             failures.append(check_snapshot(app.export_screenshot(simplify=True), "details-80x24", tmp_path))
             await pilot.press("escape", "question_mark")

@@ -15,11 +15,12 @@ from node.tui.panes.checkpoints import CheckpointsPane
 from node.tui.panes.credit import CreditPane
 from node.tui.panes.logs import EventLog, LogsPane
 from node.tui.panes.nodes import NodesTable
+from node.tui.panes.verification import VerdictsTable, VerificationPane
 from node.tui.state import Link
 from node.tui.status import LinkBar
 from node.tui.table import SwarmTable
 from tests.procs import Coordinator, Proc, node, watch_until
-from tests.tui_pilot import free_port, names, plain, until
+from tests.tui_pilot import column, free_port, names, plain, until
 
 # Retry fast: the reconnect test waits on a restarted coordinator.
 FAST = Backoff(first_s=0.2, max_s=1.0, jitter=0.0)
@@ -92,6 +93,16 @@ def test_live_panes_sort_filter_and_details(swarm):
             details = plain(app.screen.query_one("#body", Static).content)
             assert alpha.node_id in details and "joined as inference" in details
             await pilot.press("escape")
+
+            # Every submission is checked by the coordinator's embedded validator: its verdicts show.
+            await pilot.press("3")
+            verdicts = app.query_one(VerdictsTable)
+            await until(pilot, lambda: verdicts.row_count > 0, 120, "a verdict in the verification pane")
+            newest = {key: verdicts.get_row_at(0)[column(verdicts, key)].plain
+                      for key in ("node", "verdict", "validator")}
+            assert newest == {"node": newest["node"], "verdict": "✔", "validator": "coordinator"}
+            assert newest["node"] in ("alpha", "bravo")
+            assert "accepted" in str(app.query_one(VerificationPane).query_one("#summary", Static).content)
 
             await pilot.press("4")
             assert app.query_one(TabbedContent).active == "checkpoints"

@@ -48,10 +48,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def column(table: DataTable, key: str) -> int:
+    return [c.key.value for c in table.ordered_columns].index(key)
+
+
 def names(table: DataTable) -> list[str]:
     """The NAME column, top to bottom."""
-    column = [c.key.value for c in table.ordered_columns].index("name")
-    return [table.get_row_at(i)[column].plain for i in range(table.row_count)]
+    return [table.get_row_at(i)[column(table, "name")].plain for i in range(table.row_count)]
+
+
+def cell(table: DataTable, name: str, key: str) -> str:
+    """What the row of the node called name shows in column key."""
+    return table.get_row_at(names(table).index(name))[column(table, key)].plain
 
 
 def header(table: DataTable, key: str) -> tuple[int, int]:

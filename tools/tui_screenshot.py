@@ -3,6 +3,9 @@
     potluck demo --minutes 2 --data /tmp/potluck-demo &      # or any running coordinator
     python tools/tui_screenshot.py --coordinator $(cat /tmp/potluck-demo/coordinator/coordinator.addr) \\
         --min-version 4 --pane overview --out docs/tui-host.svg
+    python -m tests.cheat_node ignore_seed --coordinator ... --home /tmp/cheat &   # something to reject
+    python tools/tui_screenshot.py --coordinator ... --min-version 4 --pane verification \\
+        --out docs/tui-host-verification.svg
     python tools/tui_screenshot.py --coordinator ... --view volunteer --min-version 2 --out docs/tui-volunteer.svg
 
 --view host runs `potluck tui` headless on the live Watch stream, waits until the run has published

@@ -14,19 +14,34 @@ from protocol.v1 import coordinator_pb2 as pb
 
 from . import fmt
 from .panes.base import follow
-from .state import LogEvent, SwarmState
+from .panes.logs import kind_label
+from .state import LogEvent, SwarmState, nodes_by_id
 
 RECENT_EVENTS = 8
 
 
-def describe(node: pb.NodeInfo, now_ms: int, events: list[LogEvent]) -> RenderableType:
-    hw = node.hardware
+def quarantine(node: pb.NodeInfo, snapshot: pb.SwarmSnapshot) -> Text:
+    if not node.quarantined:
+        return Text("no")
+    caught = next((v for v in snapshot.verdicts if v.node_id == node.node_id and not v.accepted), None)
+    text = Text("yes: no more work, its unchecked work void", style="bold red")
+    if caught is not None:
+        text.append(f"\nfailed the {caught.check} check at {fmt.hms(caught.time_ms)}, v{caught.version} "
+                    f"{caught.kind or 'work'} checked by {fmt.node_ref(caught.validator, nodes_by_id(snapshot))}: "
+                    f"{caught.detail}", style="red")
+    return text
+
+
+def describe(node: pb.NodeInfo, snapshot: pb.SwarmSnapshot, events: list[LogEvent]) -> RenderableType:
+    now_ms, hw = snapshot.server_time_ms, node.hardware
     judged = node.rollouts_accepted + node.rollouts_rejected
-    fields = {
+    fields: dict[str, str | Text] = {
         "id": node.node_id,
         "name": node.name or "—",
         "role": fmt.role_name(node.role),
         "state": f"{node.state} ({'online' if node.online else 'offline'})",
+        "reputation": f"{node.reputation:.2f} (0–1, from its verified and failed work)",
+        "quarantined": quarantine(node, snapshot),
         "last seen": f"{fmt.age(now_ms - node.last_seen_ms)} ago, {fmt.clock_time(node.last_seen_ms)}",
         "credit": f"{node.credit:,.1f}",
         "tokens/s": fmt.rate(node.tokens_per_s),
@@ -48,7 +63,7 @@ def describe(node: pb.NodeInfo, now_ms: int, events: list[LogEvent]) -> Renderab
     mine = [e for e in events if fmt.short_id(node.node_id) in e.text][-RECENT_EVENTS:]
     log = Text("\nrecent events\n", style="dim")
     for e in mine:
-        log.append(f"{fmt.hms(e.time_ms)} ", style="dim").append(f"{e.kind:<8} ", style="bold").append(e.text + "\n")
+        log.append(f"{fmt.hms(e.time_ms)} ", style="dim").append_text(kind_label(e.kind)).append(e.text + "\n")
     return Group(table, log if mine else Text("\nno events name this node yet", style="dim"))
 
 
@@ -84,4 +99,4 @@ class NodeDetails(ModalScreen[None]):
             body.update(Text("this node is not in the latest snapshot", style="dim"))
             return
         self.query_one(VerticalScroll).border_title = f"node {node.name or fmt.short_id(node.node_id)}"
-        body.update(describe(node, snapshot.server_time_ms, state.events))
+        body.update(describe(node, snapshot, state.events))

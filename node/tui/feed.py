@@ -69,9 +69,12 @@ async def watch(address: str, backoff: Backoff = Backoff(), clock: Callable[[], 
 
 
 async def _stream(address: str, security: Security) -> AsyncGenerator[pb.SwarmSnapshot, None]:
-    # Pinning fetches the certificate with a blocking handshake: off the event loop.
-    channel = await asyncio.to_thread(aio_channel, address, security)
-    async with channel:
+    if security.fingerprint:
+        # Pinning fetches the certificate with a blocking handshake: try it off the event loop first,
+        # so an unreachable or impostor host does not freeze the view (grpc's aio channel itself must
+        # be made on the loop's thread; its own fetch then finds the host answering).
+        await asyncio.to_thread(security.credentials, address)
+    async with aio_channel(address, security) as channel:
         call = pb_grpc.CoordinatorStub(channel).Watch(pb.WatchRequest())
         while True:
             snapshot = await asyncio.wait_for(call.read(), STALE_AFTER_S)

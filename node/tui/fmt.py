@@ -16,6 +16,20 @@ def role_name(role: int) -> str:
     return "auto" if role == pb.ROLE_UNSPECIFIED else pb.Role.Name(role).removeprefix("ROLE_").lower()
 
 
+def node_state(node: pb.NodeInfo) -> str:
+    # A quarantined node may still heartbeat its worker's state; being quarantined is what matters.
+    return "quarantined" if node.quarantined else node.state
+
+
+def node_ref(node_id: str, nodes: dict[str, pb.NodeInfo]) -> str:
+    """A node by name and short id; anything else (the coordinator, as trainer of version 0 or as
+    validator) as it is."""
+    node = nodes.get(node_id)
+    if node is None:
+        return short_id(node_id) if len(node_id) > 2 * SHORT_ID else node_id
+    return f"{node.name} ({short_id(node_id)})" if node.name else short_id(node_id)
+
+
 def gib(n_bytes: int) -> str:
     return f"{n_bytes / (1 << 30):.0f}G"
 
@@ -70,4 +84,26 @@ def rate(value: float) -> str:
 
 
 def percent(fraction: float | None) -> str:
-    return "—" if fraction is None else f"{100 * fraction:.1f}%"
+    if fraction is None:
+        return "—"
+    # Rounding must not hide the odd rejection (or acceptance): 99.97% is not 100%.
+    if 0.999 <= fraction < 1:
+        return ">99.9%"
+    if 0 < fraction < 0.001:
+        return "<0.1%"
+    return f"{100 * fraction:.1f}%"
+
+
+def clip(text: str, width: int) -> str:
+    """At most width characters; a cut shows as a trailing ellipsis."""
+    if len(text) <= width:
+        return text
+    return text[:width - 1] + "…" if width > 0 else ""
+
+
+NAME_SHOWN = 16
+
+
+def node_label(node: pb.NodeInfo) -> str:
+    """A node as a table names it: its name, or its short id when it has none."""
+    return clip(node.name or short_id(node.node_id), NAME_SHOWN)

@@ -12,7 +12,7 @@ from textual.widgets import Footer, Static
 PANES = (
     ("1", "Overview", "run, version (= outer step), throughput, acceptance, curves"),
     ("2", "Nodes", "every node: sort, filter, details"),
-    ("3", "Verification", "rejections per node, reject events"),
+    ("3", "Verification", "verdicts, failed checks, quarantines"),
     ("4", "Checkpoints", "published versions and their scores"),
     ("5", "Credit", "leaderboard of credit earned"),
     ("6", "Logs", "the coordinator's events, searchable"),
@@ -21,7 +21,8 @@ KEYS = (
     ("1–6", "switch pane (or click a tab)"),
     ("/", "filter nodes, search logs; esc or enter: back"),
     ("s r", "nodes: sort by next column, reverse (or click a header)"),
-    ("enter", "nodes: details of the selected node"),
+    ("enter", "nodes, verification: details of the selected node"),
+    ("x", "verification: rejections only, or all verdicts"),
     ("↑ ↓", "move in tables and logs (also pgup, pgdn)"),
     ("?", "this help"),
     ("^p", "command palette: themes, all keys"),

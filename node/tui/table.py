@@ -13,6 +13,7 @@ class Column:
     key: str
     label: str
     right: bool = False  # numbers align right
+    fill: bool = False  # takes the width the other columns leave; longer text is cut with an ellipsis
 
 
 Row = tuple[str, Sequence[Text]]  # (row key, cells in column order)
@@ -29,12 +30,17 @@ class SwarmTable(DataTable):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, id=id)
         self.shown_columns: list[tuple[Column, int]] = []
+        self.given: tuple[Sequence[Column], Sequence[Row]] = ((), ())
 
     def show(self, columns: Sequence[Column], rows: Sequence[Row]) -> None:
+        self.given = (columns, rows)
         widths = [max([len(c.label), *(cells[i].cell_len for _, cells in rows)]) for i, c in enumerate(columns)]
         if [c for c, _ in self.shown_columns] == list(columns):
             # Columns only grow, so they do not jitter as values come and go.
             widths = [max(new, old) for new, (_, old) in zip(widths, self.shown_columns)]
+        fill = [i for i, c in enumerate(columns) if c.fill]
+        if fill:
+            rows = self._fill(fill[0], widths, rows)
         layout = list(zip(columns, widths))
         keys = [key for key, _ in rows]
         selected = self.selected_key()
@@ -56,6 +62,23 @@ class SwarmTable(DataTable):
         for key, cells in rows:
             self.add_row(*cells, key=key)
         self.select_key(selected)
+
+    def _fill(self, column: int, widths: list[int], rows: Sequence[Row]) -> list[Row]:
+        """Size the fill column to the room left (room for a scrollbar kept) and cut its cells to it."""
+        others = sum(w for i, w in enumerate(widths) if i != column)
+        room = self.size.width - self.styles.scrollbar_size_vertical - 2 * self.cell_padding * len(widths) - others
+        widths[column] = max(room, len(self.given[0][column].label))
+        cut = []
+        for key, cells in rows:
+            cells = list(cells)
+            cells[column] = cells[column].copy()
+            cells[column].truncate(widths[column], overflow="ellipsis")
+            cut.append((key, cells))
+        return cut
+
+    def on_resize(self) -> None:
+        if any(c.fill for c in self.given[0]):
+            self.show(*self.given)
 
     def selected_key(self) -> str | None:
         if not 0 <= self.cursor_row < self.row_count:

@@ -19,8 +19,8 @@ from ..status import LOG_LINES, NodeStatus
 from . import fmt
 
 REDRAW_S = 0.25
-STATE_STYLES = {"generating": "bold green", "training": "bold green", "evaluating": "bold magenta",
-                "fetching": "bold cyan", "waiting": "yellow", "leaving": "bold red"}
+STATE_STYLES = {"generating": "bold green", "training": "bold green", "verifying": "bold green",
+                "evaluating": "bold magenta", "fetching": "bold cyan", "waiting": "yellow", "leaving": "bold red"}
 
 
 def title(status: NodeStatus) -> Text:
@@ -54,6 +54,8 @@ def work(status: NodeStatus) -> tuple[str, Text]:
     """What this node's work earned so far: rollouts judged for inference, rounds for a trainer."""
     if status.role == "trainer":
         return "rounds", Text(f"{status.rounds:,}")
+    if status.role == "validator":  # it judges others' rollouts: its credit is its work
+        return "work", Text("re-checks others' rollouts, credit per token checked", "dim")
     judged = status.accepted + status.rejected
     share = f"  ({fmt.percent(status.accepted / judged)} accepted)" if judged else ""
     return "rollouts", Text.assemble((f"{status.accepted:,} ✔", "green"), "  ",
@@ -117,6 +119,8 @@ class VolunteerView(App[None]):
         self.leave()
 
     def redraw(self) -> None:
+        if not self.is_running:  # shutting down: the widgets may be gone before this timer stops
+            return
         status = self.status
         self.query_one("#title", Static).update(title(status))
         self.query_one("#link", Static).update(link(status))

@@ -17,14 +17,6 @@ COLUMNS = (Column("version", "VER"), Column("sha256", "SHA256"), Column("size", 
            Column("reward", "REWARD", right=True), Column("eval", "EVAL", right=True))
 
 
-def trainer_label(trainer: str, nodes: dict[str, pb.NodeInfo]) -> str:
-    """A node by name and short id; anything else (the coordinator made version 0) as it is."""
-    node = nodes.get(trainer)
-    if node is None:
-        return fmt.short_id(trainer) if len(trainer) > 2 * fmt.SHORT_ID else trainer
-    return f"{node.name} ({fmt.short_id(trainer)})" if node.name else fmt.short_id(trainer)
-
-
 def row(v: pb.VersionInfo, snapshot: pb.SwarmSnapshot, nodes: dict[str, pb.NodeInfo]) -> Row:
     current = v.version == snapshot.current_version
     cells = (
@@ -32,7 +24,7 @@ def row(v: pb.VersionInfo, snapshot: pb.SwarmSnapshot, nodes: dict[str, pb.NodeI
         Text(v.sha256[:SHA_SHOWN]),
         Text(fmt.size(v.size), justify="right"),
         Text(fmt.age(snapshot.server_time_ms - v.created_ms), justify="right"),
-        Text(trainer_label(v.trainer, nodes)),
+        Text(fmt.node_ref(v.trainer, nodes)),
         Text(f"{v.rollouts_used:,}", justify="right"),
         Text(f"{v.reward_mean:.3f}" if v.rollouts_generated else "—", justify="right"),
         Text(f"{v.eval_accuracy:.3f}" if v.has_eval else "—", justify="right"),

@@ -18,9 +18,17 @@ from .. import fmt
 from ..state import LogEvent, SwarmState
 from .base import SwarmPane
 
-KIND_STYLES = {"reject": "bold red", "version": "green", "eval": "magenta", "join": "cyan", "pool": "yellow",
-               "lease": "blue"}
-PREFIX = 17  # "12:03:04 version "
+KIND_STYLES = {"reject": "bold red", "quarantine": "bold white on red", "verify": "bold yellow", "version": "green",
+               "eval": "magenta", "join": "cyan", "pool": "yellow", "lease": "blue", "round": "blue",
+               "admin": "bold magenta"}
+KIND_WIDTH = max(map(len, KIND_STYLES))
+PREFIX = 9 + KIND_WIDTH + 1  # "12:03:04 quarantine "
+
+
+def kind_label(kind: str) -> Text:
+    """An event's kind in its colour, padded to one width so the texts line up."""
+    shown = kind[:KIND_WIDTH]
+    return Text(shown, style=KIND_STYLES.get(kind, "bold")) + " " * (KIND_WIDTH + 1 - len(shown))
 
 
 def matches(event: LogEvent, query: str) -> bool:
@@ -86,9 +94,10 @@ class EventLog(ScrollView):
         if index >= len(self.rows):
             return Strip.blank(width, self.rich_style)
         event, part, first = self.rows[index]
-        line = (Text.assemble((fmt.hms(event.time_ms) + " ", "dim"),
-                              (f"{event.kind:<7} ", KIND_STYLES.get(event.kind, "bold")))
-                if first else Text(" " * PREFIX))
+        if first:
+            line = Text.assemble((fmt.hms(event.time_ms) + " ", "dim"), kind_label(event.kind))
+        else:
+            line = Text(" " * PREFIX)
         body = Text(part)
         body.highlight_words(self.query_text.split(), style="reverse", case_sensitive=False)
         line.append_text(body)

@@ -27,27 +27,29 @@ class Field:
     order: Callable[[pb.NodeInfo], Any]
     numeric: bool = False  # numbers sort biggest first on the first press, and align right
     narrow: bool = True  # shown in a narrow pane too
+    style: Callable[[pb.NodeInfo], str] = lambda n: ""
 
 
-NAME_SHOWN = 16
-# Below this width the ID column goes (the name falls back to it, details and the filter have it),
-# so the rest fits an 80-column terminal.
+# Below this width the ID and REP columns go (the name falls back to the id; details and the filter
+# have both), so the rest fits an 80-column terminal.
 WIDE = 100
+QUARANTINED = "bold red"
 
 
-def label(node: pb.NodeInfo) -> str:
-    name = node.name or fmt.short_id(node.node_id)
-    return name if len(name) <= NAME_SHOWN else name[:NAME_SHOWN - 1] + "…"
+def state_style(node: pb.NodeInfo) -> str:
+    return QUARANTINED if node.quarantined else ""
 
 
 FIELDS = (
     Field("id", "ID", lambda n, _: fmt.short_id(n.node_id), lambda n: fmt.short_id(n.node_id), narrow=False),
-    Field("name", "NAME", lambda n, _: label(n), lambda n: label(n).lower()),
+    Field("name", "NAME", lambda n, _: fmt.node_label(n), lambda n: fmt.node_label(n).lower()),
     Field("role", "ROLE", lambda n, _: fmt.role_name(n.role), lambda n: fmt.role_name(n.role)),
     Field("hardware", "HARDWARE", lambda n, _: fmt.hardware(n.hardware), lambda n: fmt.hardware(n.hardware)),
-    Field("state", "STATE", lambda n, _: n.state, lambda n: n.state),
+    Field("state", "STATE", lambda n, _: fmt.node_state(n), fmt.node_state, style=state_style),
     Field("online", "ON", lambda n, _: "●" if n.online else "○", lambda n: n.online, numeric=True),
     Field("tokens", "TOK/S", lambda n, _: fmt.rate(n.tokens_per_s), lambda n: n.tokens_per_s, numeric=True),
+    Field("reputation", "REP", lambda n, _: f"{n.reputation:.2f}", lambda n: n.reputation, numeric=True,
+          narrow=False, style=state_style),
     Field("credit", "CREDIT", lambda n, _: f"{n.credit:,.0f}", lambda n: n.credit, numeric=True),
     Field("seen", "SEEN", lambda n, now: fmt.age(now - n.last_seen_ms), lambda n: n.last_seen_ms, numeric=True),
 )
@@ -56,8 +58,8 @@ BY_KEY = {f.key: f for f in FIELDS}
 
 def matches(node: pb.NodeInfo, query: str) -> bool:
     """Every word of the query appears in one of the node's fields (case-insensitive)."""
-    haystack = " ".join((node.node_id, node.name, fmt.role_name(node.role), node.state, fmt.hardware(node.hardware),
-                         "online" if node.online else "offline")).lower()
+    haystack = " ".join((node.node_id, node.name, fmt.role_name(node.role), fmt.node_state(node),
+                         fmt.hardware(node.hardware), "online" if node.online else "offline")).lower()
     return all(word in haystack for word in query.lower().split())
 
 
@@ -67,8 +69,9 @@ def ordered(nodes: list[pb.NodeInfo], field: Field, descending: bool) -> list[pb
 
 
 def row(node: pb.NodeInfo, now_ms: int, fields: list[Field]) -> Row:
-    style = "" if node.online else "dim"
-    cells = [Text(f.text(node, now_ms), style=style, justify="right" if f.numeric else "left") for f in fields]
+    dim = "" if node.online else "dim"
+    cells = [Text(f.text(node, now_ms), style=f"{dim} {f.style(node)}".strip(),
+                  justify="right" if f.numeric else "left") for f in fields]
     return node.node_id, cells
 
 

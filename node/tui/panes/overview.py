@@ -34,9 +34,11 @@ def metrics(snapshot: pb.SwarmSnapshot) -> Table:
     table = Table(box=None, expand=True, header_style="dim", pad_edge=False)
     online = sum(n.online for n in snapshot.nodes)
     judged = f"{snapshot.rollouts_accepted:,}/{snapshot.rollouts_accepted + snapshot.rollouts_rejected:,}"
+    # Acceptance is over judged work; what awaits a validator is neither accepted nor rejected yet.
     cells = {"version": str(snapshot.current_version), "rollouts/s": fmt.rate(snapshot.rollouts_per_s),
              "tokens/s": fmt.rate(tokens_per_s(snapshot)),
              "acceptance": f"{fmt.percent(acceptance(snapshot))} ({judged})",
+             "pending": f"{snapshot.rollouts_pending:,}",
              "nodes online": f"{online}/{len(snapshot.nodes)}"}
     for name in cells:
         table.add_column(name, no_wrap=True)
