@@ -62,4 +62,4 @@ def build_snapshot(ctx: RunContext, meter: RateMeter) -> pb.SwarmSnapshot:
                                  accepted=bool(v["accepted"]), check=v["check_name"], detail=v["detail"],
                                  rollouts=v["rollouts"] or 0, kind=v["kind"] or "", version=v["version"] or 0)
                   for v in ctx.store.recent_verdicts(VERDICTS_SHOWN)],
-        rollouts_pending=ctx.store.count_pending_rollouts())
+        rollouts_pending=ctx.store.count_pending_rollouts(), trainers_per_round=ctx.config.diloco.trainers_per_round)

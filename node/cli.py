@@ -44,6 +44,27 @@ def add_commands(subparsers) -> None:
     join.add_argument("--log-format", choices=["text", "json"], default="text",
                       help="with --plain or off a terminal: json gives one JSON object per line")
     join.set_defaults(handler=_join)
+    doctor = commands.add_parser("doctor", help="check whether this machine can join, and explain why not")
+    doctor.add_argument("--coordinator", default=None, help="HOST:PORT of a run's coordinator to check against")
+    add_connection_args(doctor)
+    doctor.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    doctor.add_argument("--home", type=Path, default=None, help="where versions would be cached (disk check)")
+    doctor.add_argument("--p2p-timeout", type=float, default=60.0, help="seconds the p2p check may take")
+    doctor.set_defaults(handler=_doctor)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, exit_code, report
+    from .hardware import pick_device
+
+    try:
+        findings = diagnose(args.coordinator, args.home or default_home(), pick_device(args.device),
+                            security_of(args), args.p2p_timeout)
+    except ValueError as exc:  # a bad --fingerprint, --device cuda without a GPU
+        print(f"cannot check: {exc}", file=sys.stderr)
+        return 2
+    print(report(findings))
+    return exit_code(findings)
 
 
 def _join(args: argparse.Namespace) -> int:

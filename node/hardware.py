@@ -1,17 +1,57 @@
-"""What this machine has, as the node reports it at registration."""
+"""What this machine has, as the node reports it at registration: devices, memory, disk, and a short
+measured throughput (so the coordinator can size leases and pick roles from a number, not a guess)."""
 from __future__ import annotations
 
 import os
 import platform
 import shutil
+import time
 from pathlib import Path
 
 import torch
 
+from protocol.models import resolve_model
 from protocol.v1 import coordinator_pb2 as pb
 
+# The yardstick: the shipped tiny model, present on every node, so figures compare across machines.
+YARDSTICK_MODEL = "potluck/tiny-arith"
+BENCH_BATCH, BENCH_TOKENS, BENCH_PASSES = 16, 32, 3
 
-def probe(device: str, home: Path) -> pb.Hardware:
+
+def ram_available_bytes() -> int:
+    """Memory the kernel could hand out now (MemAvailable counts reclaimable cache; free pages do not)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def measure_tokens_per_s(device: str) -> float:
+    """Tokens per second through forward passes of the yardstick model on device (about a second on
+    a laptop CPU). One warm-up pass first, so lazy initialisation is not counted."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(YARDSTICK_MODEL), dtype=torch.float32).to(device)
+    model.eval()
+    ids = torch.randint(3, model.config.vocab_size, (BENCH_BATCH, BENCH_TOKENS), device=device,
+                        generator=torch.Generator(device=device).manual_seed(0))
+    with torch.inference_mode():
+        model(ids)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(BENCH_PASSES):
+            model(ids)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    return BENCH_PASSES * BENCH_BATCH * BENCH_TOKENS / max(elapsed, 1e-9)
+
+
+def probe(device: str, home: Path, measure: bool = True) -> pb.Hardware:
     gpus = []
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
@@ -22,7 +62,9 @@ def probe(device: str, home: Path) -> pb.Hardware:
     return pb.Hardware(device=device, cpu_count=os.cpu_count() or 1,
                        ram_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), gpus=gpus,
                        disk_free_bytes=shutil.disk_usage(home).free,
-                       platform=f"{platform.system()} {platform.machine()} python {platform.python_version()}")
+                       platform=f"{platform.system()} {platform.machine()} python {platform.python_version()}",
+                       measured_tokens_per_s=measure_tokens_per_s(device) if measure else 0.0,
+                       ram_available_bytes=ram_available_bytes())
 
 
 def pick_device(requested: str) -> str:

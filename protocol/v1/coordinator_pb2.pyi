@@ -32,20 +32,24 @@ class SignedRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., nonce: _Optional[int] = ..., body: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Hardware(_message.Message):
-    __slots__ = ("device", "cpu_count", "ram_bytes", "gpus", "disk_free_bytes", "platform")
+    __slots__ = ("device", "cpu_count", "ram_bytes", "gpus", "disk_free_bytes", "platform", "measured_tokens_per_s", "ram_available_bytes")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
     RAM_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    RAM_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     device: str
     cpu_count: int
     ram_bytes: int
     gpus: _containers.RepeatedCompositeFieldContainer[Gpu]
     disk_free_bytes: int
     platform: str
-    def __init__(self, device: _Optional[str] = ..., cpu_count: _Optional[int] = ..., ram_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., disk_free_bytes: _Optional[int] = ..., platform: _Optional[str] = ...) -> None: ...
+    measured_tokens_per_s: float
+    ram_available_bytes: int
+    def __init__(self, device: _Optional[str] = ..., cpu_count: _Optional[int] = ..., ram_bytes: _Optional[int] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., disk_free_bytes: _Optional[int] = ..., platform: _Optional[str] = ..., measured_tokens_per_s: _Optional[float] = ..., ram_available_bytes: _Optional[int] = ...) -> None: ...
 
 class Gpu(_message.Message):
     __slots__ = ("name", "memory_bytes", "compute_capability")
@@ -525,7 +529,7 @@ class Event(_message.Message):
     def __init__(self, id: _Optional[int] = ..., time_ms: _Optional[int] = ..., kind: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class SwarmSnapshot(_message.Message):
-    __slots__ = ("run_name", "model", "environment", "current_version", "versions", "nodes", "rollouts_accepted", "rollouts_rejected", "tokens_generated", "events", "server_time_ms", "rollouts_per_s", "verdicts", "rollouts_pending")
+    __slots__ = ("run_name", "model", "environment", "current_version", "versions", "nodes", "rollouts_accepted", "rollouts_rejected", "tokens_generated", "events", "server_time_ms", "rollouts_per_s", "verdicts", "rollouts_pending", "trainers_per_round")
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
@@ -540,6 +544,7 @@ class SwarmSnapshot(_message.Message):
     ROLLOUTS_PER_S_FIELD_NUMBER: _ClassVar[int]
     VERDICTS_FIELD_NUMBER: _ClassVar[int]
     ROLLOUTS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    TRAINERS_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
     run_name: str
     model: str
     environment: str
@@ -554,4 +559,5 @@ class SwarmSnapshot(_message.Message):
     rollouts_per_s: float
     verdicts: _containers.RepeatedCompositeFieldContainer[VerdictInfo]
     rollouts_pending: int
-    def __init__(self, run_name: _Optional[str] = ..., model: _Optional[str] = ..., environment: _Optional[str] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., rollouts_accepted: _Optional[int] = ..., rollouts_rejected: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., server_time_ms: _Optional[int] = ..., rollouts_per_s: _Optional[float] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., rollouts_pending: _Optional[int] = ...) -> None: ...
+    trainers_per_round: int
+    def __init__(self, run_name: _Optional[str] = ..., model: _Optional[str] = ..., environment: _Optional[str] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., rollouts_accepted: _Optional[int] = ..., rollouts_rejected: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., server_time_ms: _Optional[int] = ..., rollouts_per_s: _Optional[float] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., rollouts_pending: _Optional[int] = ..., trainers_per_round: _Optional[int] = ...) -> None: ...
