@@ -21,7 +21,7 @@ from protocol.signing import signing_payload
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
-from . import admission, intake, limits, publisher, scheduler, verdicts
+from . import admission, intake, limits, publisher, roles, scheduler, verdicts
 from .context import RunContext
 from .errors import RpcError, denied, exhausted, invalid, precondition, unauthenticated
 from .metrics import Metrics
@@ -106,9 +106,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         credit = known["credit"] if known is not None else 0.0
         role = body.role
         if role == pb.ROLE_UNSPECIFIED:
-            trainers = [n for n in self.ctx.store.nodes() if n["role"] == pb.ROLE_TRAINER and n["state"] != "left"]
-            may_train = admission.role_allowed(rules, pb.ROLE_TRAINER, node_id, credit)
-            role = pb.ROLE_INFERENCE if trainers or not may_train else pb.ROLE_TRAINER
+            choice = roles.auto_role(self.ctx, node_id, credit, body.hardware)
+            role = choice.role
+            log.info("node %s gets role %s: %s", node_id[-8:], pb.Role.Name(role)[5:].lower(), choice.reason)
         admission.check_role(rules, role, node_id, credit)
         name = body.name or node_id[-8:]
         with self.ctx.store.tx():

@@ -2,6 +2,7 @@
 measured throughput (so the coordinator can size leases and pick roles from a number, not a guess)."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -15,7 +16,9 @@ from protocol.v1 import coordinator_pb2 as pb
 
 # The yardstick: the shipped tiny model, present on every node, so figures compare across machines.
 YARDSTICK_MODEL = "potluck/tiny-arith"
-BENCH_BATCH, BENCH_TOKENS, BENCH_PASSES = 16, 32, 3
+BENCH_BATCH, BENCH_TOKENS, BENCH_PASSES = 8, 32, 3
+SPEED_FILE = "speed.json"
+SPEED_MAX_AGE_S = 24 * 3600  # a machine's speed changes with its load and drivers: measure daily
 
 
 def ram_available_bytes() -> int:
@@ -51,6 +54,22 @@ def measure_tokens_per_s(device: str) -> float:
     return BENCH_PASSES * BENCH_BATCH * BENCH_TOKENS / max(elapsed, 1e-9)
 
 
+def cached_tokens_per_s(device: str, home: Path) -> float:
+    """measure_tokens_per_s, remembered in home for a day so a node that restarts joins at once."""
+    key = {"device": device, "torch": torch.__version__, "cpus": os.cpu_count(),
+           "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    path = home / SPEED_FILE
+    try:
+        saved = json.loads(path.read_text())
+        if saved["key"] == key and 0 <= time.time() - saved["measured_at"] < SPEED_MAX_AGE_S:
+            return float(saved["tokens_per_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or unreadable: measure afresh
+    rate = measure_tokens_per_s(device)
+    path.write_text(json.dumps({"key": key, "measured_at": time.time(), "tokens_per_s": rate}))
+    return rate
+
+
 def probe(device: str, home: Path, measure: bool = True) -> pb.Hardware:
     gpus = []
     if torch.cuda.is_available():
@@ -63,7 +82,7 @@ def probe(device: str, home: Path, measure: bool = True) -> pb.Hardware:
                        ram_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), gpus=gpus,
                        disk_free_bytes=shutil.disk_usage(home).free,
                        platform=f"{platform.system()} {platform.machine()} python {platform.python_version()}",
-                       measured_tokens_per_s=measure_tokens_per_s(device) if measure else 0.0,
+                       measured_tokens_per_s=cached_tokens_per_s(device, home) if measure else 0.0,
                        ram_available_bytes=ram_available_bytes())
 
 

@@ -77,7 +77,8 @@ async def join(address: str, role: str, device: str, home: Path, name: str,
     identity = Identity.load_or_create(home / "identity.key")
     status.node_id, status.name, status.state = identity.node_id, name, "registering"
     device = pick_device(device)
-    hardware = probe(device, home)
+    status.state = "measuring speed"  # a few forward passes of the tiny model, remembered for a day
+    hardware = await asyncio.to_thread(probe, device, home)
     client = ReportingClient(address, identity, status, security, join_token)
     # Stopping during set-up (a coordinator still unreachable, a model loading) holds no lease yet.
     ready = await _unless_stopped(_set_up(client, identity, ROLES[role], hardware, name, device, home, status), stop)
