@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import hivemind
+import torch
 from multiaddr import Multiaddr
 
 from protocol.identity import Identity
@@ -49,7 +50,11 @@ class DHT(_OrphanSafe, hivemind.DHT):
 
 
 class DecentralizedAverager(_OrphanSafe, hivemind.DecentralizedAverager):
-    pass
+    def run(self) -> None:
+        # Forked from a process whose torch may already have started an OpenMP pool: the child has
+        # no such threads, and a parallel region there would wait for them forever.
+        torch.set_num_threads(1)
+        super().run()
 
 
 def write_identity_file(identity: Identity, path: Path) -> Path:
