@@ -212,13 +212,25 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         limits.check_fields(request)
         return publisher.manifest(self.ctx, request)
 
-    async def FetchVersion(self, request, context):
+    async def _stream(self, context: grpc.aio.ServicerContext, method: str, items):
+        """A server stream within the stream cap; its errors answered as _run answers a call's."""
         try:
-            with self.streams.admit("FetchVersion"):
-                async for chunk in self._fetch_version(request, context):
-                    yield chunk
+            with self.streams.admit(method):
+                async for item in items:
+                    yield item
         except RpcError as err:
+            self.metrics.refused(method, err.reason)
             await context.abort(err.code, err.message, trailing_metadata=(("potluck-reason", err.reason),))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{method} failed inside the coordinator",
+                                trailing_metadata=(("potluck-reason", "internal"),))
+
+    async def FetchVersion(self, request, context):
+        async for chunk in self._stream(context, "FetchVersion", self._fetch_version(request, context)):
+            yield chunk
 
     async def _fetch_version(self, request, context):
         limits.check_fields(request)
@@ -236,12 +248,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             offset += len(data)
 
     async def Watch(self, request, context):
-        try:
-            with self.streams.admit("Watch"):
-                async for snapshot in self._watch():
-                    yield snapshot
-        except RpcError as err:
-            await context.abort(err.code, err.message, trailing_metadata=(("potluck-reason", err.reason),))
+        async for snapshot in self._stream(context, "Watch", self._watch()):
+            yield snapshot
 
     async def _watch(self):
         with self.ctx.changes.subscribe() as changed:

@@ -62,6 +62,11 @@ def messages(draw, descriptor, depth=0):
     for field in descriptor.fields:
         if not draw(st.booleans()):
             continue
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            key, item = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            if item.type != FieldDescriptor.TYPE_MESSAGE:
+                fields[field.name] = draw(st.dictionaries(_scalar(key), _scalar(item), max_size=3))
+            continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if depth >= 2:
                 continue
@@ -71,7 +76,9 @@ def messages(draw, descriptor, depth=0):
         fields[field.name] = draw(st.lists(value, max_size=3)) if field.is_repeated else draw(value)
     message = GetMessageClass(descriptor)()
     for name, value in fields.items():
-        if descriptor.fields_by_name[name].is_repeated:
+        if isinstance(value, dict):
+            getattr(message, name).update(value)
+        elif descriptor.fields_by_name[name].is_repeated:
             getattr(message, name).extend(value)
         elif descriptor.fields_by_name[name].type == FieldDescriptor.TYPE_MESSAGE:
             getattr(message, name).CopyFrom(value)

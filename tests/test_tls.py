@@ -1,5 +1,6 @@
 """TLS against a real coordinator process: a self-signed certificate made once and kept, pinned by
 fingerprint or trusted as a CA; a wrong fingerprint or a plaintext client is refused."""
+import json
 import signal
 import subprocess
 import sys
@@ -8,7 +9,10 @@ import grpc
 import pytest
 
 from coordinator.server import check_listen
+from potluck.admin import call
 from protocol.channel import ChannelError, Security, fingerprint, sync_channel
+from protocol.identity import Identity
+from protocol.v1 import admin_pb2 as apb
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 from tests.procs import ROOT, Coordinator
@@ -34,6 +38,14 @@ def test_pinned_fingerprint_works_and_matches_the_certificate(served):
         node = Node(pb_grpc.CoordinatorStub(channel))
         assert node.register_reply.current_version == 0
         assert node.call("Heartbeat", pb.HeartbeatBody(state="idle")).current_version == 0
+
+
+def test_admin_over_pinned_tls(served):
+    proc, data = served
+    pin = (data / "tls.fingerprint").read_text().strip()
+    reply = call(proc.address, Security(fingerprint=pin), Identity.load_or_create(data / "coordinator.key"),
+                 "Export", apb.ExportBody())
+    assert json.loads(reply.state_json)["run"]["name"] == "potluck-test"
 
 
 def test_certificate_as_ca_works(served):
