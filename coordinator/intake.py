@@ -22,7 +22,7 @@ from protocol.v1 import coordinator_pb2 as pb
 
 from .context import RunContext
 from .errors import invalid, precondition
-from .scheduler import held_lease
+from .late import held_or_late_lease
 from .store import pack_proofs
 from .verdicts import accept_groups, reject_submission
 
@@ -66,7 +66,7 @@ def content_failure(rollouts: list[pb.Rollout], recomputed: list[float], max_new
 
 
 def submit_rollouts(ctx: RunContext, node_id: str, body: pb.SubmitRolloutsBody) -> pb.SubmitRolloutsReply:
-    lease = held_lease(ctx, node_id, body.lease_id, ("rollout", "eval"))
+    lease = held_or_late_lease(ctx, node_id, body.lease_id, ("rollout", "eval"))  # late work: late.py
     if body.version != lease.version:
         raise invalid("wrong_version", f"lease {lease.lease_id[:8]} is for version {lease.version}, "
                                        f"not {body.version}")

@@ -16,9 +16,10 @@ from __future__ import annotations
 import random
 import secrets
 
+from protocol.roles import YARDSTICK_MODEL, model_weight_bytes
 from protocol.v1 import coordinator_pb2 as pb
 
-from . import rounds
+from . import leases, rounds
 from .context import RunContext
 from .errors import denied, not_found, precondition
 from .store import Lease, now_ms
@@ -76,6 +77,17 @@ def _rollout_room(ctx: RunContext, version: int) -> int:
     return 2 * cfg.batch_groups - pooled - in_flight
 
 
+def _shard_seconds(ctx: RunContext, node_id: str, spec: dict) -> float:
+    """A shard's lease, scaled to the node's speed (coordinator/leases.py): its reported rate from real
+    work, else its registration yardstick; the work is every completion at the length limit."""
+    hardware = pb.Hardware.FromString(ctx.store.node(node_id)["hardware"])
+    rate = leases.expected_rate(ctx.store.node(node_id)["tokens_per_s"], hardware.measured_tokens_per_s,
+                                model_weight_bytes(YARDSTICK_MODEL), model_weight_bytes(ctx.config.model.name))
+    cfg = ctx.config.rollouts
+    work = len(spec["task_ids"]) * spec["group_size"] * ctx.max_new_tokens
+    return leases.scaled_seconds(work, rate, cfg.min_lease_seconds, cfg.lease_seconds)
+
+
 def lease_rollouts(ctx: RunContext, node_id: str, max_prompts: int) -> pb.RolloutLease:
     if ctx.store.paused():  # an admin paused the run: no new work (issue 6)
         return pb.RolloutLease(has_work=False, retry_after_ms=PAUSED_RETRY_MS)
@@ -88,7 +100,7 @@ def lease_rollouts(ctx: RunContext, node_id: str, max_prompts: int) -> pb.Rollou
         if eval_version is not None:
             task_ids = ctx.env.eval_ids()
             spec = {"task_ids": task_ids, "group_size": 1, "seed": 0, "greedy": True}
-            lease = new_lease(ctx, node_id, "eval", eval_version, spec, cfg.rollouts.lease_seconds)
+            lease = new_lease(ctx, node_id, "eval", eval_version, spec, _shard_seconds(ctx, node_id, spec))
         else:
             room = min(limit, _rollout_room(ctx, version))
             if room <= 0:
@@ -98,7 +110,7 @@ def lease_rollouts(ctx: RunContext, node_id: str, max_prompts: int) -> pb.Rollou
             rng = random.Random(f"{cfg.seed}:shard:{counter}")
             spec = {"task_ids": ctx.env.sample_train_ids(rng, room), "group_size": cfg.rollouts.group_size,
                     "seed": rng.getrandbits(63), "greedy": False}
-            lease = new_lease(ctx, node_id, "rollout", version, spec, cfg.rollouts.lease_seconds)
+            lease = new_lease(ctx, node_id, "rollout", version, spec, _shard_seconds(ctx, node_id, spec))
         ctx.store.set_node_status(node_id, "evaluating" if lease.kind == "eval" else "generating")
     ctx.notify()
     return pb.RolloutLease(

@@ -6,19 +6,22 @@ import json
 import os
 import platform
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 from protocol.models import resolve_model
+from protocol.roles import YARDSTICK_MODEL
 from protocol.v1 import coordinator_pb2 as pb
 
-# The yardstick: the shipped tiny model, present on every node, so figures compare across machines.
-YARDSTICK_MODEL = "potluck/tiny-arith"
 BENCH_BATCH, BENCH_TOKENS, BENCH_PASSES = 8, 32, 3
 SPEED_FILE = "speed.json"
 SPEED_MAX_AGE_S = 24 * 3600  # a machine's speed changes with its load and drivers: measure daily
+# One model load at a time per process (measurements and policies, node/join.py): concurrent
+# from_pretrained calls in threads race inside transformers (meta tensors).
+MODEL_LOADING = threading.Lock()
 
 
 def ram_available_bytes() -> int:
@@ -65,7 +68,8 @@ def cached_tokens_per_s(device: str, home: Path) -> float:
             return float(saved["tokens_per_s"])
     except (OSError, ValueError, KeyError, TypeError):
         pass  # absent or unreadable: measure afresh
-    rate = measure_tokens_per_s(device)
+    with MODEL_LOADING:
+        rate = measure_tokens_per_s(device)
     path.write_text(json.dumps({"key": key, "measured_at": time.time(), "tokens_per_s": rate}))
     return rate
 

@@ -21,7 +21,7 @@ from protocol.policy import load_policy, load_tokenizer
 from protocol.v1 import coordinator_pb2 as pb
 
 from .client import CoordinatorClient, error_reason
-from .hardware import pick_device, probe
+from .hardware import MODEL_LOADING, pick_device, probe
 from .inference.worker import InferenceWorker
 from .status import NodeStatus, Progress, ReportingClient
 from .p2p import PeerNode
@@ -120,7 +120,7 @@ async def _set_up(client: ReportingClient, identity: Identity, role: int, hardwa
 
     status.state, status.progress = "loading model", Progress(f"loading {config.model.name}")
     # Threads, so the event loop (and a view on it) keeps going while the weights load.
-    model = await asyncio.to_thread(load_policy, config, device)
+    model = await asyncio.to_thread(_load_model, config, device)
     tokenizer = await asyncio.to_thread(load_tokenizer, config.model.name)
     status.progress = None
     loader = VersionLoader(client, reply.coordinator_public_key, home / "versions", model, status.fetching)
@@ -134,6 +134,11 @@ async def _set_up(client: ReportingClient, identity: Identity, role: int, hardwa
         worker = InferenceWorker(client, loader, tokenizer,
                                  make_environment(config.environment.name, config.environment.params))
     return worker, loader, reply.heartbeat_interval_ms / 1000
+
+
+def _load_model(config: RunConfig, device: str):
+    with MODEL_LOADING:  # not while another node in this process loads or measures (node/hardware.py)
+        return load_policy(config, device)
 
 
 async def _unless_stopped(coro: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:

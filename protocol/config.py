@@ -45,6 +45,9 @@ class RolloutConfig(_Strict):
     max_async_level: int = Field(1, ge=0, le=8)  # how many versions rollouts may lag the trainer
     skip_zero_variance_groups: bool = True  # such groups carry no GRPO signal
     lease_seconds: float = Field(60.0, gt=0, le=86400)
+    # A shard's deadline scales with the node's measured speed (coordinator/leases.py), within
+    # [min_lease_seconds, lease_seconds].
+    min_lease_seconds: float = Field(30.0, gt=0, le=86400)
 
 
 class LoraConfig(_Strict):

@@ -8,16 +8,21 @@ holds the weights, activations kept for the backward pass, and the adapter's opt
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from .models import resolve_model
 from .v1 import coordinator_pb2 as pb
 
 GIB = 1 << 30
+# The yardstick a node's speed is measured with (node/hardware.py): the shipped tiny model, present
+# on every node, so figures compare across machines.
+YARDSTICK_MODEL = "potluck/tiny-arith"
 INFERENCE_FACTOR, INFERENCE_OVERHEAD = 2.0, GIB // 4
 TRAINER_FACTOR, TRAINER_OVERHEAD = 4.0, GIB // 2
 
 
+@lru_cache(maxsize=16)  # asked on every lease; a model's files do not change under a running run
 def model_weight_bytes(name: str) -> int:
     """Bytes of a local model's weight files (0 when the model is not on this disk)."""
     path = Path(resolve_model(name))

@@ -34,7 +34,8 @@ def test_an_unreachable_coordinator_fails_with_the_reason():
         address = f"127.0.0.1:{s.getsockname()[1]}"
     findings, view = probe_coordinator(address, PLAINTEXT)
     assert view is None and exit_code(findings) == 1
-    assert findings[0].verdict == FAIL and f"cannot reach the coordinator at {address} (unavailable)" in findings[0].text
+    assert findings[0].verdict == FAIL
+    assert f"cannot reach the coordinator at {address} (unavailable)" in findings[0].text
 
 
 def test_reachability_reads_the_listening_addresses():
