@@ -22,7 +22,7 @@ from .context import RunContext
 from .errors import invalid
 from .store import Lease, now_ms, unpack_floats, unpack_ints
 
-FORMING_RETRY_MS = 100  # a trainer in a forming round asks again this soon
+FORMING_RETRY_MS = 100  # a trainer in a forming round (or waiting for its round's end) asks again this soon
 EXCLUDED_RETRY_MS = 60_000
 
 
@@ -53,7 +53,8 @@ def train_lease(ctx: RunContext, node_id: str, maddrs: list[str], no_work_retry_
                 member["sent"] = True
                 ctx.store.update_round(round_["round_id"], "training", round_["members"], round_["group_ids"])
                 return _lease_message(ctx, round_, lease)
-            return _wait(no_work_retry_ms)
+            # a member that has submitted asks again soon: the next round forms when this one ends
+            return _wait(FORMING_RETRY_MS if member else no_work_retry_ms)
         if member is None and len(round_["members"]) < min(cfg.diloco.trainers_per_round, cfg.rollouts.batch_groups):
             round_["members"].append({"node_id": node_id, "maddrs": maddrs})
             ctx.store.update_round(round_["round_id"], "forming", round_["members"], [])
