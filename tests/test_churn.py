@@ -99,6 +99,7 @@ def test_thirty_percent_of_nodes_killed_twice(tmp_path):
             final = watch_until(address, lambda s: True, 30)
             assert final.current_version >= 3 and len(final.nodes) == len(homes)
             assert dead_leases, "no victim died holding a lease"
+            _wait_until_closed(data, dead_leases, timeout=TRAIN_LEASE_S + 30)
             db = sqlite3.connect(f"file:{data / 'state.sqlite'}?mode=ro", uri=True)
             try:
                 closed = 0
@@ -111,8 +112,7 @@ def test_thirty_percent_of_nodes_killed_twice(tmp_path):
                     assert state != "active", lease_id
                     if state in ("expired", "returned"):
                         closed += 1
-                        assert db.execute("SELECT COUNT(*) FROM leases WHERE created_ms > ?",
-                                          (deadline,)).fetchone()[0]
+                        _wait_for_a_lease_after(data, deadline if state == "expired" else 0, timeout=120)
                 assert closed, f"no dead node's lease expired: {dead_leases}"
                 stuck = db.execute("SELECT COUNT(*) FROM groups g JOIN leases l ON g.train_lease = l.lease_id"
                                    " WHERE g.state = 'reserved' AND l.state != 'active'").fetchone()[0]
@@ -136,6 +136,23 @@ def _active_leases(data, node_ids: list[str]) -> list[str]:
     marks = ",".join("?" * len(node_ids))
     return [row[0] for row in _query(data, f"SELECT lease_id FROM leases WHERE state = 'active' AND node_id IN ({marks})",
                                      node_ids)]
+
+
+def _wait_until_closed(data, lease_ids: list[str], timeout: float) -> None:
+    """Until none of lease_ids is active: the sweep closes a dead node's lease once its deadline passes."""
+    marks = ",".join("?" * len(lease_ids))
+    deadline = time.monotonic() + timeout
+    while _query(data, f"SELECT COUNT(*) FROM leases WHERE state = 'active' AND lease_id IN ({marks})",
+                 lease_ids)[0][0]:
+        assert time.monotonic() < deadline, f"dead nodes' leases still active after {timeout}s"
+        time.sleep(0.2)
+
+
+def _wait_for_a_lease_after(data, t_ms: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not _query(data, "SELECT COUNT(*) FROM leases WHERE created_ms > ?", (t_ms,))[0][0]:
+        assert time.monotonic() < deadline, f"no lease was issued after {t_ms} within {timeout}s"
+        time.sleep(0.2)
 
 
 def _wait_for_a_lease(data, rng, timeout: float = 120.0) -> str:
