@@ -70,12 +70,6 @@ def submit_rollouts(ctx: RunContext, node_id: str, body: pb.SubmitRolloutsBody) 
     if body.version != lease.version:
         raise invalid("wrong_version", f"lease {lease.lease_id[:8]} is for version {lease.version}, "
                                        f"not {body.version}")
-    oldest = ctx.store.current_version() - ctx.config.rollouts.max_async_level
-    if lease.kind == "rollout" and lease.version < oldest:
-        with ctx.store.tx():
-            ctx.store.close_lease(lease.lease_id, "stale")
-        raise precondition("stale_version", f"version {lease.version} is older than the async limit allows "
-                                            f"(oldest usable: {oldest}); the rollouts are of no use now")
     task_ids, group_size = lease.spec["task_ids"], lease.spec["group_size"]
     keys = [(r.task_id, r.sample_index) for r in body.rollouts]
     if len(keys) != len(set(keys)):
@@ -85,6 +79,12 @@ def submit_rollouts(ctx: RunContext, node_id: str, body: pb.SubmitRolloutsBody) 
                                         f"{len(task_ids)} leased prompts")
     for r in body.rollouts:
         _check_rollout(ctx, r, ctx.max_new_tokens)
+    oldest = ctx.store.current_version() - ctx.config.rollouts.max_async_level
+    if lease.kind == "rollout" and lease.version < oldest:
+        with ctx.store.tx():
+            ctx.store.close_lease(lease.lease_id, "stale")
+        raise precondition("stale_version", f"version {lease.version} is older than the async limit allows "
+                                            f"(oldest usable: {oldest}); the rollouts are of no use now")
 
     order = {task_id: i for i, task_id in enumerate(task_ids)}
     rollouts = sorted(body.rollouts, key=lambda r: (order[r.task_id], r.sample_index))
