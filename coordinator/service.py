@@ -137,7 +137,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     def _heartbeat(self, request: pb.SignedRequest) -> pb.HeartbeatReply:
         node_id, body = self._authenticate("Heartbeat", request, pb.HeartbeatBody)
-        self.ctx.store.set_node_status(node_id, body.state[:32] or "idle", max(0.0, body.tokens_per_s))
+        self.ctx.store.record_heartbeat(node_id, body.state[:32] or "idle", max(0.0, body.tokens_per_s),
+                                        body.holding_version if body.HasField("holding_version") else None)
         return pb.HeartbeatReply(current_version=self.ctx.store.current_version(), server_time_ms=now_ms(),
                                  heartbeat_interval_ms=self._heartbeat_interval_ms())
 

@@ -7,7 +7,7 @@ from protocol.v1 import coordinator_pb2 as pb
 
 from .context import RunContext
 from .reputation import reputation
-from .store import now_ms
+from .store import Store, now_ms
 
 EVENTS_SHOWN = 50
 VERDICTS_SHOWN = 50
@@ -27,6 +27,16 @@ class RateMeter:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
 
+def round_info(store: Store) -> pb.RoundInfo | None:
+    """The newest DiLoCo round, for the overview's round progress."""
+    row = store.latest_round()
+    if row is None:
+        return None
+    return pb.RoundInfo(round_id=row["round_id"], version=row["version"], state=row["state"],
+                        trainers=len(row["members"]), submitted=row["submitted"],
+                        created_ms=row["created_ms"], outcome=row["outcome"])
+
+
 def build_snapshot(ctx: RunContext, meter: RateMeter) -> pb.SwarmSnapshot:
     t = now_ms()
     online_ms = int(3 * ctx.config.heartbeat_seconds * 1000)
@@ -41,7 +51,8 @@ def build_snapshot(ctx: RunContext, meter: RateMeter) -> pb.SwarmSnapshot:
             rollouts_accepted=row["rollouts_accepted"], rollouts_rejected=row["rollouts_rejected"],
             online=row["state"] != "left" and t - row["last_seen_ms"] <= online_ms,
             quarantined=bool(row["quarantined"]),
-            reputation=reputation(row["verified_ok"], row["verified_failed"], bool(row["quarantined"]))))
+            reputation=reputation(row["verified_ok"], row["verified_failed"], bool(row["quarantined"])),
+            holding_version=row["holding_version"]))
     rewards = ctx.store.rewards_by_version()
     versions = [pb.VersionInfo(
         version=v["version"], sha256=v["sha256"], size=v["size"], created_ms=v["created_ms"],
@@ -62,4 +73,5 @@ def build_snapshot(ctx: RunContext, meter: RateMeter) -> pb.SwarmSnapshot:
                                  accepted=bool(v["accepted"]), check=v["check_name"], detail=v["detail"],
                                  rollouts=v["rollouts"] or 0, kind=v["kind"] or "", version=v["version"] or 0)
                   for v in ctx.store.recent_verdicts(VERDICTS_SHOWN)],
-        rollouts_pending=ctx.store.count_pending_rollouts(), trainers_per_round=ctx.config.diloco.trainers_per_round)
+        rollouts_pending=ctx.store.count_pending_rollouts(), trainers_per_round=ctx.config.diloco.trainers_per_round,
+        round=round_info(ctx.store))

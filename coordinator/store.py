@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     rollouts_accepted INTEGER NOT NULL DEFAULT 0, rollouts_rejected INTEGER NOT NULL DEFAULT 0,
     tokens_generated INTEGER NOT NULL DEFAULT 0,
     quarantined INTEGER NOT NULL DEFAULT 0, verified_ok INTEGER NOT NULL DEFAULT 0,
-    verified_failed INTEGER NOT NULL DEFAULT 0);
+    verified_failed INTEGER NOT NULL DEFAULT 0, holding_version INTEGER);
 CREATE TABLE IF NOT EXISTS leases (
     lease_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
     spec TEXT NOT NULL, created_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
@@ -182,12 +182,13 @@ class Store:
             (nonce, now_ms(), node_id, nonce))
         return cursor.rowcount == 1
 
-    def set_node_status(self, node_id: str, state: str, tokens_per_s: float | None = None) -> None:
-        if tokens_per_s is None:
-            self.db.execute("UPDATE nodes SET state=? WHERE node_id=?", (state, node_id))
-        else:
-            self.db.execute("UPDATE nodes SET state=?, tokens_per_s=? WHERE node_id=?",
-                            (state, tokens_per_s, node_id))
+    def set_node_status(self, node_id: str, state: str) -> None:
+        self.db.execute("UPDATE nodes SET state=? WHERE node_id=?", (state, node_id))
+
+    def record_heartbeat(self, node_id: str, state: str, tokens_per_s: float, holding_version: int | None) -> None:
+        """What a node reports of itself; holding_version None: it holds no version yet."""
+        self.db.execute("UPDATE nodes SET state=?, tokens_per_s=?, holding_version=? WHERE node_id=?",
+                        (state, tokens_per_s, holding_version, node_id))
 
     def credit(self, node_id: str, amount: float, accepted: int = 0, rejected: int = 0, tokens: int = 0) -> float:
         self.db.execute(
@@ -421,6 +422,13 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO round_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
                         (round_id, node_id, candidate, size, delta, samples, json.dumps(averaged_with),
                          delta_norm, now_ms()))
+
+    def latest_round(self) -> dict | None:
+        """The newest round (rounds are only ever added), with how many members have submitted."""
+        row = self.db.execute(
+            "SELECT r.*, (SELECT COUNT(*) FROM round_results x WHERE x.round_id=r.round_id) AS submitted"
+            " FROM rounds r ORDER BY r.rowid DESC LIMIT 1").fetchone()
+        return None if row is None else dict(row, members=json.loads(row["members"]))
 
     def round_results(self, round_id: str) -> list[dict]:
         rows = self.db.execute("SELECT * FROM round_results WHERE round_id=? ORDER BY created_ms", (round_id,))

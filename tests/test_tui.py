@@ -12,18 +12,20 @@ from textual.widgets import Input, Static, TabbedContent
 from node.tui import fmt
 from node.tui.app import PotluckTui
 from node.tui.charts import Series, line_chart
-from node.tui.details import NodeDetails
+from node.tui.details import NodeDetails, describe
 from node.tui.feed import Backoff, Disconnected, watch
 from node.tui.help import HelpScreen
+from node.tui.panes.checkpoints import CheckpointsPane
 from node.tui.panes.logs import EventLog
 from node.tui.panes.nodes import NodesTable
+from node.tui.panes.overview import round_line
 from node.tui.panes.verification import VerdictsTable, VerificationPane
 from node.tui.state import Link, SwarmState
 from node.tui.status import LinkBar
 from node.tui.table import SwarmTable
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
-from tests.tui_data import NOW_MS, SAMPLING_DETAIL, peer_id, snapshot
+from tests.tui_data import NOW_MS, ROUND, SAMPLING_DETAIL, peer_id, snapshot
 from tests.tui_pilot import cell, check_snapshot, column, free_port, header, names, plain, replay, settle, until
 
 PANES = ("overview", "nodes", "verification", "checkpoints", "credit", "logs")
@@ -126,6 +128,26 @@ def test_watch_drops_a_silent_stream_and_reconnects(monkeypatch):
     assert isinstance(lost, Disconnected) and lost.reason == "no update for 0.3s"
 
 
+def test_round_line_reads_each_state_of_a_round():
+    snap = snapshot()
+    tag = ROUND.round_id[:8]
+    assert round_line(snap).plain == f"round {tag} on v12: training, 2 of 2 trainers leased, 1 of 2 submitted"
+    snap.round.state, snap.round.trainers = "forming", 1
+    assert round_line(snap).plain == f"round {tag} on v12: forming, 1 of 2 trainers joined"
+    snap.round.state, snap.round.trainers, snap.round.outcome = "failed", 2, "no quorum: 1 agreeing of 2 needed"
+    assert round_line(snap).plain == f"round {tag} on v12: failed, 1 of 2 submitted: no quorum: 1 agreeing of 2 needed"
+    snap.ClearField("round")
+    assert round_line(snap).plain.startswith("round none yet")
+
+
+def test_node_details_say_which_version_it_holds():
+    snap = snapshot()
+    nodes = {n.name: n for n in snap.nodes}
+    assert re.search(r"holds\s+v12 \(current\)", plain(describe(nodes["ada"], snap, [])))
+    assert re.search(r"holds\s+v11 \(1 behind v12\)", plain(describe(nodes["hopper"], snap, [])))
+    assert re.search(r"holds\s+none reported yet", plain(describe(nodes["knuth"], snap, [])))
+
+
 # --- pilot tests on the fixed swarm ---
 
 def test_nodes_sort_filter_and_details():
@@ -196,6 +218,28 @@ def test_verification_lists_verdicts_rejections_and_quarantines():
             assert [cell(quarantined, n, "check") for n in ("fermi", "knuth")] == ["sampling", "reward_mismatch"]
             await pilot.press("down", "enter")  # Enter opens the verdict's node
             assert isinstance(app.screen, NodeDetails) and app.screen.node_id == peer_id("knuth")
+
+    asyncio.run(run())
+
+
+def test_overview_shows_the_round_and_checkpoints_who_holds_each_version():
+    async def run():
+        async with fixed_swarm((80, 24)) as (app, pilot):
+            round_shown = app.query_one("#round", Static)
+            await until(pilot, lambda: "training" in str(round_shown.content), 10, "the round line")
+            assert str(round_shown.content) == \
+                f"round {ROUND.round_id[:8]} on v12: training, 2 of 2 trainers leased, 1 of 2 submitted"
+            await pilot.press("4")
+            pane = app.query_one(CheckpointsPane)
+            table = pane.query_one(SwarmTable)
+            await until(pilot, lambda: table.row_count == 13, 10, "every version listed")
+            held = {row.key.value: table.get_row(row.key)[column(table, "held")].plain for row in table.ordered_rows}
+            # Online holders only: euler left holding v4, knuth never said; quarantined fermi is online on v10.
+            assert (held["12"], held["11"], held["10"], held["4"], held["0"]) == ("4", "2", "1", "0", "0")
+            assert "+ the coordinator" in str(pane.query_one("#legend", Static).content)
+            await pilot.press("2", *["down"] * 3, "enter")  # dijkstra, on v11
+            assert isinstance(app.screen, NodeDetails) and app.screen.node_id == peer_id("dijkstra")
+            assert re.search(r"holds\s+v11 \(1 behind v12\)", plain(app.screen.query_one("#body", Static).content))
 
     asyncio.run(run())
 

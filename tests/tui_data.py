@@ -28,31 +28,37 @@ def cuda(gpu: str, count: int, mem_gib: int, cpus: int, ram_gib: int) -> pb.Hard
 
 
 NODES = (
-    # name, role, hardware, state, online, tokens/s, credit, accepted, rejected, seen ms ago, reputation, quarantined
+    # name, role, hardware, state, online, tokens/s, credit, accepted, rejected, seen ms ago, reputation, quarantined,
+    # the version it holds (None: none reported)
     ("ada", pb.ROLE_INFERENCE, cuda("NVIDIA H100 80GB HBM3", 1, 80, 16, 128), "generating", True, 1843.5, 912.0,
-     4480, 0, 400, 0.99, False),
-    ("bert", pb.ROLE_INFERENCE, cpu(8, 32), "generating", True, 212.4, 245.0, 1216, 0, 900, 0.97, False),
+     4480, 0, 400, 0.99, False, 12),
+    ("bert", pb.ROLE_INFERENCE, cpu(8, 32), "generating", True, 212.4, 245.0, 1216, 0, 900, 0.97, False, 12),
     ("curie", pb.ROLE_TRAINER, cuda("NVIDIA RTX 4090", 2, 24, 24, 64), "training", True, 0.0, 330.0, 0, 0, 1200,
-     0.5, False),
-    ("dijkstra", pb.ROLE_INFERENCE, cpu(2, 8), "evaluating", True, 61.0, 58.0, 288, 0, 700, 0.94, False),
-    ("euler", pb.ROLE_INFERENCE, cpu(4, 16), "left", False, 120.0, 131.0, 640, 0, 3_600_000, 0.95, False),
+     0.5, False, 12),
+    ("dijkstra", pb.ROLE_INFERENCE, cpu(2, 8), "evaluating", True, 61.0, 58.0, 288, 0, 700, 0.94, False, 11),
+    # Offline: what it held when it left is not counted.
+    ("euler", pb.ROLE_INFERENCE, cpu(4, 16), "left", False, 120.0, 131.0, 640, 0, 3_600_000, 0.95, False, 4),
     # Caught by a validator's sampling check; it still heartbeats, but gets no work.
-    ("fermi", pb.ROLE_INFERENCE, cpu(4, 16), "waiting", True, 0.0, 12.0, 64, 96, 1500, 0.0, True),
+    ("fermi", pb.ROLE_INFERENCE, cpu(4, 16), "waiting", True, 0.0, 12.0, 64, 96, 1500, 0.0, True, 10),
     ("gauss", pb.ROLE_TRAINER, cuda("NVIDIA A100-SXM4-40GB", 1, 40, 32, 256), "idle", True, 0.0, 280.0, 0, 0, 800,
-     0.5, False),
-    ("hopper", pb.ROLE_VALIDATOR, cpu(8, 32), "verifying", True, 0.0, 96.0, 0, 0, 600, 0.5, False),
+     0.5, False, 12),
+    ("hopper", pb.ROLE_VALIDATOR, cpu(8, 32), "verifying", True, 0.0, 96.0, 0, 0, 600, 0.5, False, 11),
     # Caught by the coordinator's reward check at submission, then it left.
-    ("knuth", pb.ROLE_INFERENCE, cpu(2, 4), "left", False, 35.2, 0.0, 0, 32, 540_000, 0.0, True),
+    ("knuth", pb.ROLE_INFERENCE, cpu(2, 4), "left", False, 35.2, 0.0, 0, 32, 540_000, 0.0, True, None),
 )
 REWARDS = (0.21, 0.24, 0.23, 0.29, 0.33, 0.35, 0.41, 0.44, 0.43, 0.5, 0.55, 0.58)
 EVALS = (0.18, 0.2, 0.22, 0.25, 0.31, 0.34, 0.36, 0.42, 0.45, 0.47, 0.52, 0.56, 0.57)
+# Curie and gauss train version 12; curie has submitted.
+ROUND = pb.RoundInfo(round_id=hashlib.sha256(b"round 12").hexdigest()[:32], version=12, state="training", trainers=2,
+                     submitted=1, created_ms=NOW_MS - 40_000)
 
 
 def snapshot() -> pb.SwarmSnapshot:
     nodes = [pb.NodeInfo(node_id=peer_id(name), name=name, role=role, hardware=hw, state=state, online=online,
                          tokens_per_s=tps, credit=credit, rollouts_accepted=acc, rollouts_rejected=rej,
-                         last_seen_ms=NOW_MS - ago, reputation=reputation, quarantined=quarantined)
-             for name, role, hw, state, online, tps, credit, acc, rej, ago, reputation, quarantined in NODES]
+                         last_seen_ms=NOW_MS - ago, reputation=reputation, quarantined=quarantined,
+                         holding_version=holding)
+             for name, role, hw, state, online, tps, credit, acc, rej, ago, reputation, quarantined, holding in NODES]
     trainers = [peer_id("curie"), peer_id("gauss")]
     versions = []
     for v, accuracy in enumerate(EVALS):
@@ -69,7 +75,8 @@ def snapshot() -> pb.SwarmSnapshot:
         run_name="potluck-demo", model="tiny-arith", environment="arithmetic", current_version=len(EVALS) - 1,
         versions=versions, nodes=nodes, rollouts_accepted=accepted,
         rollouts_rejected=sum(n.rollouts_rejected for n in nodes), tokens_generated=3_482_112, events=events,
-        server_time_ms=NOW_MS, rollouts_per_s=38.4, verdicts=verdicts(), rollouts_pending=48)
+        server_time_ms=NOW_MS, rollouts_per_s=38.4, verdicts=verdicts(), rollouts_pending=48, trainers_per_round=2,
+        round=ROUND)
 
 
 SAMPLING_DETAIL = ("3 of 16 rollouts fail; task 1207 sample 2: a token is not the seeded choice: its score is "

@@ -32,6 +32,16 @@ def quarantine(node: pb.NodeInfo, snapshot: pb.SwarmSnapshot) -> Text:
     return text
 
 
+def held(node: pb.NodeInfo, current: int) -> str:
+    """The version the node last said it has loaded, and how far that is behind the current one."""
+    if not node.HasField("holding_version"):
+        return "none reported yet"
+    v = node.holding_version
+    if v == current:
+        return f"v{v} (current)"
+    return f"v{v} ({current - v} behind v{current})" if v < current else f"v{v}"
+
+
 def describe(node: pb.NodeInfo, snapshot: pb.SwarmSnapshot, events: list[LogEvent]) -> RenderableType:
     now_ms, hw = snapshot.server_time_ms, node.hardware
     judged = node.rollouts_accepted + node.rollouts_rejected
@@ -40,6 +50,7 @@ def describe(node: pb.NodeInfo, snapshot: pb.SwarmSnapshot, events: list[LogEven
         "name": node.name or "—",
         "role": fmt.role_name(node.role),
         "state": f"{node.state} ({'online' if node.online else 'offline'})",
+        "holds": held(node, snapshot.current_version),
         "reputation": f"{node.reputation:.2f} (0–1, from its verified and failed work)",
         "quarantined": quarantine(node, snapshot),
         "last seen": f"{fmt.age(now_ms - node.last_seen_ms)} ago, {fmt.clock_time(node.last_seen_ms)}",

@@ -463,7 +463,7 @@ class VersionInfo(_message.Message):
     def __init__(self, version: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_ms: _Optional[int] = ..., reward_mean: _Optional[float] = ..., has_eval: _Optional[bool] = ..., eval_accuracy: _Optional[float] = ..., rollouts_used: _Optional[int] = ..., trainer: _Optional[str] = ..., rollouts_generated: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "name", "role", "state", "hardware", "credit", "last_seen_ms", "tokens_per_s", "rollouts_accepted", "rollouts_rejected", "online", "quarantined", "reputation")
+    __slots__ = ("node_id", "name", "role", "state", "hardware", "credit", "last_seen_ms", "tokens_per_s", "rollouts_accepted", "rollouts_rejected", "online", "quarantined", "reputation", "holding_version")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -477,6 +477,7 @@ class NodeInfo(_message.Message):
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     QUARANTINED_FIELD_NUMBER: _ClassVar[int]
     REPUTATION_FIELD_NUMBER: _ClassVar[int]
+    HOLDING_VERSION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     role: Role
@@ -490,7 +491,8 @@ class NodeInfo(_message.Message):
     online: bool
     quarantined: bool
     reputation: float
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., state: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., credit: _Optional[float] = ..., last_seen_ms: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., rollouts_accepted: _Optional[int] = ..., rollouts_rejected: _Optional[int] = ..., online: _Optional[bool] = ..., quarantined: _Optional[bool] = ..., reputation: _Optional[float] = ...) -> None: ...
+    holding_version: int
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., state: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., credit: _Optional[float] = ..., last_seen_ms: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., rollouts_accepted: _Optional[int] = ..., rollouts_rejected: _Optional[int] = ..., online: _Optional[bool] = ..., quarantined: _Optional[bool] = ..., reputation: _Optional[float] = ..., holding_version: _Optional[int] = ...) -> None: ...
 
 class VerdictInfo(_message.Message):
     __slots__ = ("id", "time_ms", "node_id", "validator", "accepted", "check", "detail", "rollouts", "kind", "version")
@@ -529,7 +531,7 @@ class Event(_message.Message):
     def __init__(self, id: _Optional[int] = ..., time_ms: _Optional[int] = ..., kind: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class SwarmSnapshot(_message.Message):
-    __slots__ = ("run_name", "model", "environment", "current_version", "versions", "nodes", "rollouts_accepted", "rollouts_rejected", "tokens_generated", "events", "server_time_ms", "rollouts_per_s", "verdicts", "rollouts_pending", "trainers_per_round")
+    __slots__ = ("run_name", "model", "environment", "current_version", "versions", "nodes", "rollouts_accepted", "rollouts_rejected", "tokens_generated", "events", "server_time_ms", "rollouts_per_s", "verdicts", "rollouts_pending", "trainers_per_round", "round")
     RUN_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
@@ -545,6 +547,7 @@ class SwarmSnapshot(_message.Message):
     VERDICTS_FIELD_NUMBER: _ClassVar[int]
     ROLLOUTS_PENDING_FIELD_NUMBER: _ClassVar[int]
     TRAINERS_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     run_name: str
     model: str
     environment: str
@@ -560,4 +563,23 @@ class SwarmSnapshot(_message.Message):
     verdicts: _containers.RepeatedCompositeFieldContainer[VerdictInfo]
     rollouts_pending: int
     trainers_per_round: int
-    def __init__(self, run_name: _Optional[str] = ..., model: _Optional[str] = ..., environment: _Optional[str] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., rollouts_accepted: _Optional[int] = ..., rollouts_rejected: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., server_time_ms: _Optional[int] = ..., rollouts_per_s: _Optional[float] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., rollouts_pending: _Optional[int] = ..., trainers_per_round: _Optional[int] = ...) -> None: ...
+    round: RoundInfo
+    def __init__(self, run_name: _Optional[str] = ..., model: _Optional[str] = ..., environment: _Optional[str] = ..., current_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., rollouts_accepted: _Optional[int] = ..., rollouts_rejected: _Optional[int] = ..., tokens_generated: _Optional[int] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., server_time_ms: _Optional[int] = ..., rollouts_per_s: _Optional[float] = ..., verdicts: _Optional[_Iterable[_Union[VerdictInfo, _Mapping]]] = ..., rollouts_pending: _Optional[int] = ..., trainers_per_round: _Optional[int] = ..., round: _Optional[_Union[RoundInfo, _Mapping]] = ...) -> None: ...
+
+class RoundInfo(_message.Message):
+    __slots__ = ("round_id", "version", "state", "trainers", "submitted", "created_ms", "outcome")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TRAINERS_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    round_id: str
+    version: int
+    state: str
+    trainers: int
+    submitted: int
+    created_ms: int
+    outcome: str
+    def __init__(self, round_id: _Optional[str] = ..., version: _Optional[int] = ..., state: _Optional[str] = ..., trainers: _Optional[int] = ..., submitted: _Optional[int] = ..., created_ms: _Optional[int] = ..., outcome: _Optional[str] = ...) -> None: ...

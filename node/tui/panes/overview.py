@@ -1,4 +1,5 @@
-"""The run at a glance: what is trained, how fast, how well, and the reward and accuracy curves."""
+"""The run at a glance: what is trained, how fast, how well, the DiLoCo round, and the reward and accuracy
+curves."""
 from __future__ import annotations
 
 from rich.console import RenderableType
@@ -46,6 +47,21 @@ def metrics(snapshot: pb.SwarmSnapshot) -> Table:
     return table
 
 
+def round_line(snapshot: pb.SwarmSnapshot) -> Text:
+    """The newest DiLoCo round in one line: which version it trains, its state, its trainers."""
+    text = Text("round ", style="dim", no_wrap=True, overflow="ellipsis")
+    if not snapshot.HasField("round"):
+        return text.append("none yet: one forms when the pool holds a batch and a trainer asks")
+    r, expected = snapshot.round, snapshot.trainers_per_round
+    # Named by the first 8 characters of its id, as the coordinator's round events name it.
+    text.append(r.round_id[:8], style="bold").append(f" on v{r.version}: ").append(r.state, style="bold")
+    if r.state == "forming":
+        return text.append(f", {r.trainers} of {expected} trainers joined")
+    if r.state == "training":
+        return text.append(f", {r.trainers} of {expected} trainers leased, {r.submitted} of {r.trainers} submitted")
+    return text.append(f", {r.submitted} of {r.trainers} submitted: {r.outcome}")
+
+
 def legend(series: list[Series]) -> Text:
     text = Text()
     for s in series:
@@ -76,13 +92,15 @@ class OverviewPane(SwarmPane):
     DEFAULT_CSS = """
     OverviewPane { padding: 0 1; }
     OverviewPane #headline { height: auto; }
-    OverviewPane #metrics { height: auto; margin: 1 0; }
+    OverviewPane #metrics { height: auto; margin: 1 0 0 0; }
+    OverviewPane #round { height: 1; margin: 0 0 1 0; }
     OverviewPane #legend { height: auto; }
     """
 
     def compose(self) -> ComposeResult:
         yield Static("waiting for the first snapshot…", id="headline")
         yield Static(id="metrics")
+        yield Static(id="round")
         yield Static(id="legend")
         yield Chart()
 
@@ -92,5 +110,6 @@ class OverviewPane(SwarmPane):
         series = curves(state.snapshot)
         self.query_one("#headline", Static).update(headline(state.snapshot))
         self.query_one("#metrics", Static).update(metrics(state.snapshot))
+        self.query_one("#round", Static).update(round_line(state.snapshot))
         self.query_one("#legend", Static).update(legend(series))
         self.query_one(Chart).plot(series)
