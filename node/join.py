@@ -43,7 +43,7 @@ async def _heartbeats(client: CoordinatorClient, worker, loader: VersionLoader, 
         try:
             reply = await client.call("Heartbeat", pb.HeartbeatBody(
                 state=worker.state, tokens_per_s=worker.throughput.tokens_per_s,
-                holding_version=loader.version or 0), timeout=10)
+                holding_version=loader.version), timeout=10)
             interval_s = reply.heartbeat_interval_ms / 1000 or interval_s  # the coordinator may stretch it
         except grpc.aio.AioRpcError as err:
             log.warning("heartbeat failed: %s", err.details())

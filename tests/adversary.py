@@ -106,6 +106,8 @@ def edit_tokens(lease, model, tokenizer, env):
             first_wrong = next((j for j, (a, b) in enumerate(zip(ids, answer)) if a != b), min(len(ids), len(answer)) - 1)
             ids = ids[:first_wrong] + [answer[first_wrong]] + ids[first_wrong + 1:]
             ids = ids[:ids.index(eos) + 1] if eos in ids else ids
+            if eos not in ids and len(ids) < lease.sampling.max_new_tokens:
+                ids = ids + [eos]  # an edit that replaced the EOS must not look like an early stop
         edited[key] = ids
     return restate(lease, model, tokenizer, env, edited)
 
