@@ -270,7 +270,8 @@ class Bench:
         prompt = self.tok(self.env.task(0).prompt)["input_ids"]
         digits = self.tok("0123456789", add_special_tokens=False)["input_ids"]
         sequence = prompt + [random.Random(0).choice(digits) for _ in range(32)]
-        (_, hidden), = verification.prefill(self.model, [sequence], self.tok.pad_token_id)
+        (_, hidden), = verification.prefill_shared(self.model, [prompt], [(0, sequence[len(prompt):])],
+                                                   self.tok.pad_token_id)
         proofs = build_proofs(split_prefill(hidden, len(prompt)))
         assert len(proofs) == 2, "a prompt chunk and one decode chunk"
         return len(proofs[1])

@@ -59,39 +59,10 @@ class Finding:
 
 
 @torch.no_grad()
-def prefill(model, sequences: list[list[int]], pad_id: int, max_batch_tokens: int = 65536
-            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(logits [L, V] float32, final hidden states [L, H]) for each sequence, from right-padded
-    batched forwards of at most max_batch_tokens padded tokens."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # similar lengths together
-    results: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(sequences)
-    start = 0
-    while start < len(order):
-        width = len(sequences[order[start]])
-        end = start + 1
-        while end < len(order) and (end - start + 1) * len(sequences[order[end]]) <= max_batch_tokens:
-            end += 1
-        rows = order[start:end]
-        width = max(len(sequences[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, :len(sequences[i])] = torch.tensor(sequences[i], dtype=torch.long)
-            mask[r, :len(sequences[i])] = 1
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
-        logits, hidden = out.logits.float().cpu(), out.hidden_states[-1].cpu()
-        for r, i in enumerate(rows):
-            results[i] = (logits[r, :len(sequences[i])], hidden[r, :len(sequences[i])])
-        start = end
-    return results  # type: ignore[return-value]
-
-
-@torch.no_grad()
 def prefill_shared(model, prompts: list[list[int]], continuations: list[tuple[int, list[int]]], pad_id: int,
                    max_batch_tokens: int = 65536) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """What `prefill` gives for prompts[p] + tokens, for each (p, tokens) of continuations, computing
-    each prompt once: the G rollouts of a group share theirs, and on short completions the prompt is
+    """(logits [L, V] float32, final hidden states [L, H]) of prompts[p] + tokens, for each (p, tokens)
+    of continuations, computing each prompt once: the G rollouts of a group share theirs, and on short completions the prompt is
     most of the work. A left-padded forward of the prompts (as the node's generation runs), their
     KV cache copied to each continuation's row, then one right-padded forward of the continuations."""
     device = next(model.parameters()).device

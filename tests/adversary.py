@@ -20,7 +20,7 @@ from protocol.policy import adapter_state, load_adapter_state
 from protocol.proofs import build_proofs_batch, split_prefill
 from protocol.scoring import score
 from protocol.v1 import coordinator_pb2 as pb
-from protocol.verification import GREEDY_TEMPERATURE, prefill
+from protocol.verification import GREEDY_TEMPERATURE, prefill_shared
 
 Cheat = Callable[[pb.RolloutLease, object, object, Environment], list[pb.Rollout]]
 
@@ -35,7 +35,9 @@ def restate(lease: pb.RolloutLease, model, tokenizer, env: Environment,
     model's log-probs and hidden-state proofs of exactly these tokens, and their true rewards."""
     prompts = {p.task_id: tokenizer(p.text)["input_ids"] for p in lease.prompts}
     keys = list(completions)
-    forwards = prefill(model, [prompts[t] + completions[(t, i)][:-1] for t, i in keys], tokenizer.pad_token_id)
+    prompt_of = {task_id: n for n, task_id in enumerate(prompts)}
+    forwards = prefill_shared(model, list(prompts.values()), [(prompt_of[t], completions[(t, i)][:-1]) for t, i in keys],
+                              tokenizer.pad_token_id)
     proofs = build_proofs_batch([split_prefill(hidden, len(prompts[t])) for (t, _), (_, hidden) in zip(keys, forwards)])
     eos = tokenizer.eos_token_id
     rollouts = []
