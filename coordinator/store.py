@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ from typing import Iterator
 
 import numpy as np
 
+from .migrate import add_missing_columns
+
+log = logging.getLogger("potluck.coordinator")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
@@ -136,6 +140,9 @@ class Store:
         # last transactions), which is the failure a coordinator must survive without loss.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=ON")
+        # Columns first: the schema's indexes may name columns an older data dir lacks.
+        for column in add_missing_columns(self.db, SCHEMA):
+            log.info("data dir upgraded: added column %s", column)
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
