@@ -1,22 +1,70 @@
-"""`--role auto` at registration: the run's needs read from the store, the choice made by
-protocol/roles.py's rule (the same rule `potluck node doctor` predicts with)."""
+"""`--role auto`: the role chosen at registration, and the moves between inference and trainer as
+the run's needs change. The run's needs are read from the store; the choices are protocol/roles.py's
+rules (the same ones `potluck node doctor` predicts with).
+
+A move happens only between units of work: never while the node holds a lease, never while a
+trainer is a member of a round that is forming or training. The node hears of it in its next
+heartbeat reply and switches its worker before its next unit of work.
+"""
 from __future__ import annotations
 
-from protocol.roles import RoleChoice, RunNeeds, choose_role, model_weight_bytes
+import logging
+
+from protocol.roles import RoleChoice, RunNeeds, choose_role, model_weight_bytes, rebalanced_role
 from protocol.v1 import coordinator_pb2 as pb
 
 from . import admission
 from .context import RunContext
+from .store import now_ms
+
+log = logging.getLogger("potluck.coordinator")
+ONLINE_HEARTBEATS = 3  # a node silent for this many heartbeat intervals no longer counts
+
+
+def _online_since_ms(ctx: RunContext) -> int:
+    # The interval the service hands out grows with the swarm (service._heartbeat_interval_ms).
+    interval_s = max(ctx.config.heartbeat_seconds,
+                     ctx.store.count_nodes_not_left() / ctx.config.limits.heartbeat_target_rps)
+    return now_ms() - int(ONLINE_HEARTBEATS * interval_s * 1000)
 
 
 def run_needs(ctx: RunContext, node_id: str, credit: float) -> RunNeeds:
-    # A trainer that rejoins is not counted against itself, so it gets its role back.
-    trainers = sum(1 for n in ctx.store.nodes()
-                   if n["role"] == pb.ROLE_TRAINER and n["state"] != "left" and n["node_id"] != node_id)
-    return RunNeeds(trainers_active=trainers, trainers_wanted=ctx.config.diloco.trainers_per_round,
+    # The node itself is not counted, so a trainer that rejoins gets its role back.
+    online = ctx.store.count_online_roles(_online_since_ms(ctx), excluding=node_id)
+    return RunNeeds(trainers_active=online.get(pb.ROLE_TRAINER, 0),
+                    trainers_wanted=ctx.config.diloco.trainers_per_round,
                     weight_bytes=model_weight_bytes(ctx.config.model.name),
-                    may_train=admission.role_allowed(ctx.config.admission, pb.ROLE_TRAINER, node_id, credit))
+                    may_train=admission.role_allowed(ctx.config.admission, pb.ROLE_TRAINER, node_id, credit),
+                    inference_active=online.get(pb.ROLE_INFERENCE, 0))
 
 
 def auto_role(ctx: RunContext, node_id: str, credit: float, hardware: pb.Hardware) -> RoleChoice:
     return choose_role(hardware, run_needs(ctx, node_id, credit))
+
+
+def _between_units(ctx: RunContext, node_id: str) -> bool:
+    if ctx.store.active_leases(node_id=node_id):
+        return False
+    return not any(m["node_id"] == node_id for round_ in ctx.store.rounds(("forming", "training"))
+                   for m in round_["members"])
+
+
+def rebalance(ctx: RunContext, node_id: str) -> RoleChoice | None:
+    """Move an auto node to the role the run needs now, if it should move; the move, or None."""
+    row = ctx.store.node(node_id)
+    if not (ctx.config.roles.rebalance and row["auto_role"]) or row["quarantined"] or row["state"] == "left":
+        return None
+    held_s = (now_ms() - row["role_since_ms"]) / 1000
+    if held_s < ctx.config.roles.hold_seconds or not _between_units(ctx, node_id):
+        return None
+    choice = rebalanced_role(row["role"], pb.Hardware.FromString(row["hardware"]),
+                             run_needs(ctx, node_id, row["credit"]), held_s, ctx.config.roles.hold_seconds)
+    if choice is None:
+        return None
+    before, after = (pb.Role.Name(r)[5:].lower() for r in (row["role"], choice.role))
+    with ctx.store.tx():
+        ctx.store.set_role(node_id, choice.role)
+        ctx.store.event("role", f"{row['name']} ({node_id[-8:]}) moved from {before} to {after}: {choice.reason}")
+    log.info("node %s moved from %s to %s: %s", node_id[-8:], before, after, choice.reason)
+    ctx.notify()
+    return choice

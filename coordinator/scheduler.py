@@ -9,7 +9,9 @@ Rules:
   keep the pool short of a batch until the lease expires;
 - training: a round's batch is pool groups no more than max_async_level versions old, cut into one
   shard per trainer of the round (rounds.py); a shard goes back to the pool if its lease expires or
-  is returned.
+  is returned;
+- a node that runs out of memory on a lease returns it and gets rollout leases of at most half its
+  prompts from then on (the cap is remembered per node).
 """
 from __future__ import annotations
 
@@ -94,7 +96,8 @@ def lease_rollouts(ctx: RunContext, node_id: str, max_prompts: int) -> pb.Rollou
     expire_leases(ctx)
     cfg = ctx.config
     version = ctx.store.current_version()
-    limit = cfg.rollouts.prompts_per_shard if max_prompts == 0 else min(max_prompts, cfg.rollouts.prompts_per_shard)
+    limit = min(cap for cap in (cfg.rollouts.prompts_per_shard, max_prompts, ctx.store.node(node_id)["max_prompts"])
+                if cap > 0)  # the run's shard, what the node asks for, the cap its running out of memory set
     with ctx.store.tx():
         eval_version = _eval_due(ctx)
         if eval_version is not None:
@@ -142,6 +145,26 @@ def return_leases(ctx: RunContext, node_id: str) -> int:
         ctx.store.set_node_status(node_id, "left")
     ctx.notify()
     return len(leases)
+
+
+def out_of_memory(ctx: RunContext, node_id: str, body: pb.OutOfMemoryBody) -> int:
+    """A node ran out of memory on a lease: its work goes back at once (for another node, or for this one
+    in smaller pieces) and its rollout leases from now on hold at most half the prompts that did not fit.
+    Returns the node's cap (0: none)."""
+    lease = held_lease(ctx, node_id, body.lease_id, ("rollout", "eval", "train"))
+    row = ctx.store.node(node_id)
+    cap = row["max_prompts"]
+    if lease.kind != "train":
+        halved = max(1, len(lease.spec["task_ids"]) // 2)
+        cap = min(cap, halved) if cap else halved
+    with ctx.store.tx():
+        release(ctx, lease, "returned")
+        ctx.store.set_max_prompts(node_id, cap)
+        ctx.store.event("memory", f"{row['name']} ({node_id[-8:]}) ran out of memory on {lease.kind} lease "
+                                  f"{lease.lease_id[:8]} ({body.rows} sequences at once)"
+                                  + (f"; its leases now hold at most {cap} prompts" if cap else ""))
+    ctx.notify()
+    return cap
 
 
 def held_lease(ctx: RunContext, node_id: str, lease_id: str, kinds: tuple[str, ...]) -> Lease:

@@ -113,7 +113,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         name = body.name or node_id[-8:]
         with self.ctx.store.tx():
             fresh = self.ctx.store.node(node_id) is None
-            self.ctx.store.upsert_node(node_id, body.public_key, name, role, body.hardware.SerializeToString())
+            self.ctx.store.upsert_node(node_id, body.public_key, name, role, body.hardware.SerializeToString(),
+                                       auto_role=body.role == pb.ROLE_UNSPECIFIED)
             self.ctx.store.claim_nonce(node_id, request.nonce)
             self.ctx.store.event("join", f"{name} ({node_id[-8:]}) {'joined' if fresh else 'rejoined'} "
                                          f"as {pb.Role.Name(role)[5:].lower()}")
@@ -139,11 +140,14 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         node_id, body = self._authenticate("Heartbeat", request, pb.HeartbeatBody)
         self.ctx.store.record_heartbeat(node_id, body.state[:32] or "idle", max(0.0, body.tokens_per_s),
                                         body.holding_version if body.HasField("holding_version") else None)
+        moved = roles.rebalance(self.ctx, node_id)
         return pb.HeartbeatReply(current_version=self.ctx.store.current_version(), server_time_ms=now_ms(),
-                                 heartbeat_interval_ms=self._heartbeat_interval_ms())
+                                 heartbeat_interval_ms=self._heartbeat_interval_ms(),
+                                 role=self.ctx.store.node(node_id)["role"], role_reason=moved.reason if moved else "")
 
     def _lease_rollouts(self, request: pb.SignedRequest) -> pb.RolloutLease:
         node_id, body = self._authenticate("LeaseRollouts", request, pb.LeaseRolloutsBody)
+        roles.rebalance(self.ctx, node_id)  # asking for work, it holds none: the moment to move it if need be
         self._role(node_id, pb.ROLE_INFERENCE)
         return scheduler.lease_rollouts(self.ctx, node_id, body.max_prompts)
 
@@ -153,6 +157,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     def _lease_training(self, request: pb.SignedRequest) -> pb.TrainingLease:
         node_id, body = self._authenticate("LeaseTraining", request, pb.LeaseTrainingBody)
+        roles.rebalance(self.ctx, node_id)  # between rounds, before it joins the next one
         self._role(node_id, pb.ROLE_TRAINER)
         publisher.settle_rounds(self.ctx)  # a round may be decidable now that a lease has expired
         return scheduler.lease_training(self.ctx, node_id, list(body.p2p_maddrs))
@@ -176,6 +181,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
     def _return_leases(self, request: pb.SignedRequest) -> pb.ReturnLeasesReply:
         node_id, _ = self._authenticate("ReturnLeases", request, pb.ReturnLeasesBody)
         return pb.ReturnLeasesReply(returned=scheduler.return_leases(self.ctx, node_id))
+
+    def _report_out_of_memory(self, request: pb.SignedRequest) -> pb.OutOfMemoryReply:
+        node_id, body = self._authenticate("ReportOutOfMemory", request, pb.OutOfMemoryBody)
+        return pb.OutOfMemoryReply(max_prompts=scheduler.out_of_memory(self.ctx, node_id, body))
 
     async def Register(self, request, context):
         return await self._run(context, "Register", self._register, request)
@@ -203,6 +212,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def ReturnLeases(self, request, context):
         return await self._run(context, "ReturnLeases", self._return_leases, request)
+
+    async def ReportOutOfMemory(self, request, context):
+        return await self._run(context, "ReportOutOfMemory", self._report_out_of_memory, request)
 
     # --- read-only calls ---
 

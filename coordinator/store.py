@@ -29,7 +29,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     rollouts_accepted INTEGER NOT NULL DEFAULT 0, rollouts_rejected INTEGER NOT NULL DEFAULT 0,
     tokens_generated INTEGER NOT NULL DEFAULT 0,
     quarantined INTEGER NOT NULL DEFAULT 0, verified_ok INTEGER NOT NULL DEFAULT 0,
-    verified_failed INTEGER NOT NULL DEFAULT 0, holding_version INTEGER);
+    verified_failed INTEGER NOT NULL DEFAULT 0, holding_version INTEGER,
+    auto_role INTEGER NOT NULL DEFAULT 0, role_since_ms INTEGER NOT NULL DEFAULT 0,
+    max_prompts INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS leases (
     lease_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
     spec TEXT NOT NULL, created_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
@@ -173,14 +175,33 @@ class Store:
     def nodes(self) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM nodes ORDER BY registered_ms").fetchall()
 
-    def upsert_node(self, node_id: str, public_key: bytes, name: str, role: int, hardware: bytes) -> None:
+    def upsert_node(self, node_id: str, public_key: bytes, name: str, role: int, hardware: bytes,
+                    auto_role: bool = False) -> None:
+        """auto_role: it joined with --role auto, so the coordinator may move it (roles.py); a node that
+        rejoins in the role it held keeps the time it took it (the hold against flapping)."""
         t = now_ms()
         self.db.execute(
-            "INSERT INTO nodes (node_id, public_key, name, role, hardware, registered_ms, last_seen_ms, last_nonce)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT(node_id) DO UPDATE SET"
+            "INSERT INTO nodes (node_id, public_key, name, role, hardware, registered_ms, last_seen_ms, last_nonce,"
+            " auto_role, role_since_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT(node_id) DO UPDATE SET"
             " name=excluded.name, role=excluded.role, hardware=excluded.hardware,"
-            " last_seen_ms=excluded.last_seen_ms, state='registered'",
-            (node_id, public_key, name, role, hardware, t, t))
+            " last_seen_ms=excluded.last_seen_ms, state='registered', auto_role=excluded.auto_role,"
+            " role_since_ms=CASE WHEN nodes.role=excluded.role THEN nodes.role_since_ms ELSE excluded.role_since_ms END",
+            (node_id, public_key, name, role, hardware, t, t, int(auto_role), t))
+
+    def set_role(self, node_id: str, role: int) -> None:
+        self.db.execute("UPDATE nodes SET role=?, role_since_ms=? WHERE node_id=?", (role, now_ms(), node_id))
+
+    def set_max_prompts(self, node_id: str, max_prompts: int) -> None:
+        """The node's prompt cap per rollout lease after it ran out of memory (0: none)."""
+        self.db.execute("UPDATE nodes SET max_prompts=? WHERE node_id=?", (max_prompts, node_id))
+
+    def count_online_roles(self, seen_since_ms: int, excluding: str) -> dict[int, int]:
+        """Nodes by role that have not left, are not quarantined and were seen since seen_since_ms."""
+        rows = self.db.execute("SELECT role, COUNT(*) FROM nodes WHERE state != 'left' AND quarantined = 0"
+                               " AND last_seen_ms >= ? AND node_id != ? GROUP BY role",
+                               (seen_since_ms, excluding)).fetchall()
+        return {row[0]: row[1] for row in rows}
 
     def claim_nonce(self, node_id: str, nonce: int) -> bool:
         """Record nonce as the node's last one if it is greater than the last; False if not (a replay)."""

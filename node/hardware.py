@@ -22,6 +22,9 @@ SPEED_MAX_AGE_S = 24 * 3600  # a machine's speed changes with its load and drive
 # One model load at a time per process (measurements and policies, node/join.py): concurrent
 # from_pretrained calls in threads race inside transformers (meta tensors).
 MODEL_LOADING = threading.Lock()
+# Batches are sized to this share of the memory free when they start: the rest is room for the
+# allocator's slack, the proofs kept on the side, and whatever else runs on the machine.
+MEMORY_FRACTION = 0.5
 
 
 def ram_available_bytes() -> int:
@@ -33,6 +36,34 @@ def ram_available_bytes() -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def free_memory_bytes(device: str) -> int:
+    """Memory a batch could take now on device: free GPU memory on cuda, available RAM on cpu."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info()[0]
+    return ram_available_bytes()
+
+
+def sequence_bytes(model_config, length: int, dtype_bytes: int) -> int:
+    """Rough peak memory of one sequence being generated to `length` tokens (node/inference/generate.py):
+    its KV cache, every layer's hidden states from the prefill (kept for the proofs), the prefill's
+    attention scores, and a step's logits in float32."""
+    layers, hidden = model_config.num_hidden_layers, model_config.hidden_size
+    heads = model_config.num_attention_heads
+    kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(model_config, "head_dim", None) or hidden // heads
+    kv_cache = 2 * layers * kv_heads * head_dim * length * dtype_bytes
+    hidden_states = (layers + 1) * length * hidden * dtype_bytes
+    attention = heads * length * length * 4
+    logits = 2 * model_config.vocab_size * 4
+    return kv_cache + hidden_states + attention + logits
+
+
+def rows_that_fit(free_bytes: int, per_row: int, fraction: float = MEMORY_FRACTION) -> int:
+    """How many sequences to generate at once with `fraction` of the free memory (at least one: a
+    node that cannot hold one finds out, reports it and gets smaller work; see node/inference)."""
+    return max(1, int(free_bytes * fraction) // max(per_row, 1))
 
 
 def measure_tokens_per_s(device: str) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Coroutine
@@ -15,18 +16,14 @@ from protocol import __version__
 from protocol.channel import PLAINTEXT, Security
 from protocol.checkpoint import ManifestError
 from protocol.config import RunConfig
-from protocol.envs import make_environment
 from protocol.identity import Identity
 from protocol.policy import load_policy, load_tokenizer
 from protocol.v1 import coordinator_pb2 as pb
 
 from .client import CoordinatorClient, error_reason
 from .hardware import MODEL_LOADING, pick_device, probe
-from .inference.worker import InferenceWorker
+from .seat import Parts, Seat, role_name
 from .status import NodeStatus, Progress, ReportingClient
-from .p2p import PeerNode
-from .trainer.worker import TrainerWorker
-from .validator.worker import ValidatorWorker
 from .versions import VersionLoader
 
 log = logging.getLogger("potluck.node")
@@ -37,23 +34,28 @@ ROLES = {"auto": pb.ROLE_UNSPECIFIED, "inference": pb.ROLE_INFERENCE, "trainer":
          "validator": pb.ROLE_VALIDATOR}
 
 
-async def _heartbeats(client: CoordinatorClient, worker, loader: VersionLoader, interval_s: float) -> None:
+async def _heartbeat(client: CoordinatorClient, seat: Seat) -> pb.HeartbeatReply:
+    reply = await client.call("Heartbeat", pb.HeartbeatBody(
+        state=seat.state, tokens_per_s=seat.tokens_per_s, holding_version=seat.parts.loader.version), timeout=10)
+    seat.assign(reply.role, reply.role_reason)  # a move between rounds (coordinator/roles.py)
+    return reply
+
+
+async def _heartbeats(client: CoordinatorClient, seat: Seat, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
-            reply = await client.call("Heartbeat", pb.HeartbeatBody(
-                state=worker.state, tokens_per_s=worker.throughput.tokens_per_s,
-                holding_version=loader.version), timeout=10)
+            reply = await _heartbeat(client, seat)
             interval_s = reply.heartbeat_interval_ms / 1000 or interval_s  # the coordinator may stretch it
         except grpc.aio.AioRpcError as err:
             log.warning("heartbeat failed: %s", err.details())
 
 
-async def _mirror(status: NodeStatus, worker, loader: VersionLoader) -> None:
+async def _mirror(status: NodeStatus, seat: Seat) -> None:
     # The workers keep their state and rate on themselves; the view reads only the NodeStatus.
     while True:
-        status.state, status.tokens_per_s = worker.state, worker.throughput.tokens_per_s
-        status.held_version = loader.version
+        status.state, status.tokens_per_s = seat.state, seat.tokens_per_s
+        status.held_version = seat.parts.loader.version
         await asyncio.sleep(MIRROR_INTERVAL_S)
 
 
@@ -86,12 +88,12 @@ async def join(address: str, role: str, device: str, home: Path, name: str,
         log.info("stopped before starting work")
         await client.close()
         return 0
-    worker, loader, heartbeat_s = ready
-    heartbeat = asyncio.create_task(_heartbeats(client, worker, loader, heartbeat_s))
-    mirror = asyncio.create_task(_mirror(status, worker, loader))
+    seat, heartbeat_s = ready
+    heartbeat = asyncio.create_task(_heartbeats(client, seat, heartbeat_s))
+    mirror = asyncio.create_task(_mirror(status, seat))
     try:
         while not stop.is_set():
-            await _unless_stopped(_work_once(client, worker, identity, ROLES[role], hardware, name), stop)
+            await _unless_stopped(_work_once(client, seat, identity, ROLES[role], hardware, name), stop)
     finally:
         heartbeat.cancel()
         mirror.cancel()
@@ -103,18 +105,17 @@ async def join(address: str, role: str, device: str, home: Path, name: str,
         except grpc.aio.AioRpcError as err:
             log.warning("could not return leases: %s", err.details())
         await client.close()
-        if isinstance(worker, TrainerWorker):
-            await asyncio.to_thread(worker.close)
+        await seat.close()
     return 0
 
 
 async def _set_up(client: ReportingClient, identity: Identity, role: int, hardware: pb.Hardware, name: str,
                   device: str, home: Path,
-                  status: NodeStatus) -> tuple[InferenceWorker | TrainerWorker, VersionLoader, float]:
-    """Register, load the model and make the role's worker: (worker, loader, heartbeat interval in s)."""
+                  status: NodeStatus) -> tuple[Seat, float]:
+    """Register, load the model and make the role's worker: (its seat, the heartbeat interval in s)."""
     reply = await _register(client, identity, role, hardware, name)
     config = RunConfig.model_validate_json(reply.run_config_json)
-    status.role, status.run_name = pb.Role.Name(reply.role)[5:].lower(), reply.run_name
+    status.role, status.run_name = role_name(reply.role), reply.run_name
     log.info("joined run %r at %s as node %s, role %s", reply.run_name, client.address, identity.node_id,
              status.role)
 
@@ -124,16 +125,10 @@ async def _set_up(client: ReportingClient, identity: Identity, role: int, hardwa
     tokenizer = await asyncio.to_thread(load_tokenizer, config.model.name)
     status.progress = None
     loader = VersionLoader(client, reply.coordinator_public_key, home / "versions", model, status.fetching)
-    if reply.role == pb.ROLE_TRAINER:
-        # The trainer's hivemind peer, on the node's own key: round-mates all-reduce through it.
-        peer = await asyncio.to_thread(PeerNode, identity, home)
-        worker = TrainerWorker(client, loader, config, tokenizer.pad_token_id, peer)
-    elif reply.role == pb.ROLE_VALIDATOR:
-        worker = ValidatorWorker(client, loader, config, tokenizer)
-    else:
-        worker = InferenceWorker(client, loader, tokenizer,
-                                 make_environment(config.environment.name, config.environment.params))
-    return worker, loader, reply.heartbeat_interval_ms / 1000
+    seat = Seat(Parts(client, identity, home, config, tokenizer, loader), status)
+    seat.assign(reply.role)
+    await seat.switch()
+    return seat, reply.heartbeat_interval_ms / 1000
 
 
 def _load_model(config: RunConfig, device: str):
@@ -153,20 +148,28 @@ async def _unless_stopped(coro: Coroutine[Any, Any, T], stop: asyncio.Event) -> 
     return task.result()
 
 
-async def _work_once(client, worker, identity, role, hardware, name) -> None:
-    """One unit of work. A refused call costs that unit only: the node says why and goes on."""
+async def _work_once(client, seat: Seat, identity, role, hardware, name) -> None:
+    """One unit of work, in the role the coordinator assigned last (a move happens only between
+    units). A refused call costs that unit only: the node says why and goes on."""
     try:
-        await worker.step()
+        await seat.switch()
+        await seat.worker.step()
         return
     except grpc.aio.AioRpcError as err:
         reason = error_reason(err) or err.code().name.lower()
         if reason == "unknown_node":  # the coordinator lost us (a fresh data dir): register again
-            await _register(client, identity, role, hardware, name)
+            seat.assign((await _register(client, identity, role, hardware, name)).role)
+            return
+        if reason == "wrong_role":  # moved as it asked for work: a heartbeat's reply says to what
+            log.info("work refused: %s", err.details())
+            with contextlib.suppress(grpc.aio.AioRpcError):  # if it fails, the next periodic one tells
+                await _heartbeat(client, seat)
             return
         log.error("work refused (%s): %s", reason, err.details())
     except ManifestError as err:  # bytes that fail their check are never loaded
         log.error("version fetch failed its check: %s", err)
-    worker.state = "idle"
+    if seat.worker is not None:
+        seat.worker.state = "idle"
     await asyncio.sleep(REFUSED_BACKOFF_S)
 
 

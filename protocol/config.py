@@ -147,6 +147,13 @@ class LimitsConfig(_Strict):
     heartbeat_target_rps: float = Field(200.0, gt=0, le=1e6)  # heartbeat interval grows past this rate
 
 
+class RolesConfig(_Strict):
+    """Moving --role auto nodes between inference and trainer as the run's needs change
+    (coordinator/roles.py). A node keeps a role at least hold_seconds, so roles do not flap."""
+    rebalance: bool = True
+    hold_seconds: float = Field(60.0, ge=0, le=86400)
+
+
 HOST_ONLY = {"admission", "limits"}
 
 
@@ -166,6 +173,7 @@ class RunConfig(_Strict):
     verification: VerificationConfig = VerificationConfig()
     admission: AdmissionConfig = AdmissionConfig()
     limits: LimitsConfig = LimitsConfig()
+    roles: RolesConfig = RolesConfig()
 
     @model_validator(mode="after")
     def _shards_fit_batch(self) -> "RunConfig":

@@ -1,6 +1,8 @@
-"""Which role a node gets with `--role auto`, from its capability and the run's needs.
+"""Which role a node gets with `--role auto`, from its capability and the run's needs, and when such a
+node is moved to another role later.
 
-Both sides use it: the coordinator to decide at registration, `potluck node doctor` to predict.
+Both sides use it: the coordinator to decide at registration and between rounds, `potluck node
+doctor` to predict.
 Memory needs are rough rules for LoRA training and KV-cached generation, in multiples of the
 base model's weight bytes: inference holds the weights plus a KV cache and activations; a trainer
 holds the weights, activations kept for the backward pass, and the adapter's optimizer state.
@@ -51,6 +53,7 @@ class RunNeeds:
     trainers_wanted: int  # the run's [diloco] trainers_per_round
     weight_bytes: int  # the run's base model (0: unknown, memory is then not a bar)
     may_train: bool  # admission lets this node take the trainer role
+    inference_active: int = 0  # inference nodes online, this one excluded (who keeps the pool fed)
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,32 @@ def choose_role(hardware: pb.Hardware, needs: RunNeeds) -> RoleChoice:
                                              f"this node has {memory / GIB:.1f} GiB")
     return RoleChoice(pb.ROLE_TRAINER, f"the run has {needs.trainers_active} of the "
                                        f"{needs.trainers_wanted} trainer(s) a round needs")
+
+
+def rebalanced_role(role: int, hardware: pb.Hardware, needs: RunNeeds, held_s: float,
+                    hold_s: float) -> RoleChoice | None:
+    """The role an auto node should move to now, or None to stay. needs counts the others only.
+
+    Hysteresis: a node holds a role at least hold_s; an inference node becomes a trainer only while
+    the others are short of a round's trainers, and a trainer goes back only once the others alone
+    fill the round (or no one is left to generate rollouts), so at exactly the wanted number of
+    trainers nothing moves either way."""
+    if held_s < hold_s:
+        return None
+    if role == pb.ROLE_INFERENCE:
+        choice = choose_role(hardware, needs)
+        if choice.role != pb.ROLE_TRAINER or needs.inference_active < 1:
+            return None  # no need, no memory, no admission, or the pool would have no one feeding it
+        return RoleChoice(pb.ROLE_TRAINER, f"a round needs {needs.trainers_wanted} trainer(s) and has "
+                                           f"{needs.trainers_active}; {needs.inference_active} other "
+                                           "inference node(s) keep generating")
+    if role == pb.ROLE_TRAINER:
+        if not needs.may_train:
+            return RoleChoice(pb.ROLE_INFERENCE, "the run admits only listed or credited trainers")
+        if needs.trainers_active >= needs.trainers_wanted:
+            return RoleChoice(pb.ROLE_INFERENCE, f"the other {needs.trainers_active} trainer(s) fill a round "
+                                                 f"of {needs.trainers_wanted}")
+        if needs.inference_active == 0 and needs.trainers_active >= 1:
+            return RoleChoice(pb.ROLE_INFERENCE, "no inference node is generating rollouts; "
+                                                 f"{needs.trainers_active} other trainer(s) remain")
+    return None

@@ -48,7 +48,8 @@ def held_until_stale(address: str, max_async_level: int):
 async def run(kinds: list[str], address: str, home_root: Path, max_async_level: int) -> int:
     cheats = {**CHEATS, "stale_version": held_until_stale(address, max_async_level)}
     # The worker looks the function up on its module for every shard.
-    inference_worker.rollouts_for = lambda lease, *rest: cheats[KIND.get()](lease, *rest)
+    # (a cheat takes no row cap: it runs on a machine with the memory for it)
+    inference_worker.rollouts_for = lambda lease, model, tok, env, *_: cheats[KIND.get()](lease, model, tok, env)
     # transformers' from_pretrained is not safe in several threads at once; one node per process
     # never needs it to be.
     loading, load_policy = threading.Lock(), node_join.load_policy

@@ -1,11 +1,16 @@
 """--role auto: the pure rule (protocol/roles.py) and the coordinator applying it at Register."""
 import asyncio
+import threading
 
 from node.client import CoordinatorClient
+from protocol.channel import sync_channel
 from protocol.identity import Identity
-from protocol.roles import GIB, RunNeeds, choose_role, memory_needed, model_weight_bytes, usable_memory
+from protocol.roles import (GIB, RunNeeds, choose_role, memory_needed, model_weight_bytes, rebalanced_role,
+                            usable_memory)
 from protocol.v1 import coordinator_pb2 as pb
-from tests.procs import Coordinator
+from protocol.v1 import coordinator_pb2_grpc as pb_grpc
+from tests.procs import Coordinator, node, running, watch_until
+from tests.rpc import Node
 
 BIG = pb.Hardware(device="cpu", ram_bytes=32 * GIB, ram_available_bytes=16 * GIB)
 SMALL = pb.Hardware(device="cpu", ram_bytes=GIB, ram_available_bytes=GIB // 8)
@@ -74,3 +79,102 @@ def test_the_coordinator_fills_a_round_with_trainers_then_makes_inference_nodes(
     finally:
         assert coordinator.stop() == 0, coordinator.log()
     assert roles == [pb.ROLE_INFERENCE, pb.ROLE_TRAINER, pb.ROLE_TRAINER, pb.ROLE_INFERENCE, pb.ROLE_TRAINER]
+
+
+def test_moves_need_a_lasting_shortage_or_excess_and_a_held_role():
+    held, hold = 10.0, 5.0
+    needs = lambda trainers, inference, may=True: RunNeeds(trainers, 2, WEIGHTS, may, inference)  # noqa: E731
+    # Short of trainers, with someone left generating: an inference node becomes a trainer.
+    assert rebalanced_role(pb.ROLE_INFERENCE, BIG, needs(1, 1), held, hold).role == pb.ROLE_TRAINER
+    assert rebalanced_role(pb.ROLE_INFERENCE, BIG, needs(1, 0), held, hold) is None  # the pool would starve
+    assert rebalanced_role(pb.ROLE_INFERENCE, SMALL, needs(0, 3), held, hold) is None  # no memory to train
+    assert rebalanced_role(pb.ROLE_INFERENCE, BIG, needs(0, 3, may=False), held, hold) is None
+    # Exactly the wanted number: nothing moves either way (the hysteresis band).
+    assert rebalanced_role(pb.ROLE_INFERENCE, BIG, needs(2, 3), held, hold) is None
+    assert rebalanced_role(pb.ROLE_TRAINER, BIG, needs(1, 3), held, hold) is None
+    # A trainer goes back once the others fill the round, or when no one generates rollouts.
+    excess = rebalanced_role(pb.ROLE_TRAINER, BIG, needs(2, 3), held, hold)
+    assert excess.role == pb.ROLE_INFERENCE and "fill a round" in excess.reason
+    starving = rebalanced_role(pb.ROLE_TRAINER, BIG, needs(1, 0), held, hold)
+    assert starving.role == pb.ROLE_INFERENCE and "no inference node" in starving.reason
+    assert rebalanced_role(pb.ROLE_TRAINER, BIG, needs(0, 0), held, hold) is None  # the last trainer stays
+    # Nothing moves before the role was held hold_s; validators are never moved.
+    assert rebalanced_role(pb.ROLE_INFERENCE, BIG, needs(0, 3), hold - 0.1, hold) is None
+    assert rebalanced_role(pb.ROLE_TRAINER, BIG, needs(5, 3), hold - 0.1, hold) is None
+    assert rebalanced_role(pb.ROLE_VALIDATOR, BIG, needs(0, 3), held, hold) is None
+
+
+MOVES_RUN = """name = "moves"
+seed = 1
+heartbeat_seconds = 0.5
+[rollouts]
+group_size = 2
+prompts_per_shard = 2
+batch_groups = 2
+skip_zero_variance_groups = false
+[grpo]
+inner_steps = 1
+[eval]
+every = 0
+[diloco]
+trainers_per_round = 1
+[roles]
+hold_seconds = 1
+"""
+
+
+class Heartbeating:
+    """A registered trainer (signed calls from the test) kept online by heartbeats from a thread."""
+
+    def __init__(self, stub) -> None:
+        self.node = Node(stub, role=pb.ROLE_TRAINER)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(0.3):
+            self.node.call("Heartbeat", pb.HeartbeatBody(state="waiting"))
+
+    def leave(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.node.call("ReturnLeases", pb.ReturnLeasesBody(reason="test"))
+
+
+def test_an_auto_node_is_moved_to_trainer_and_back_and_explicit_roles_stay(tmp_path):
+    (tmp_path / "run.toml").write_text(MOVES_RUN)
+    coordinator = Coordinator(str(tmp_path / "run.toml"), tmp_path / "data", tmp_path)
+    address = coordinator.address
+    seen_roles: dict[str, set[int]] = {}
+
+    def roles_are(want: dict[str, int]):
+        def check(snap: pb.SwarmSnapshot) -> bool:
+            for n in snap.nodes:
+                seen_roles.setdefault(n.name, set()).add(n.role)
+            now = {n.name: n.role for n in snap.nodes if n.online}
+            return all(now.get(name) == role for name, role in want.items())
+        return check
+
+    with running(coordinator), sync_channel(address) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        first = Heartbeating(stub)  # the round's one trainer, there before the others join
+        inference = node(address, "inference", tmp_path / "inf", tmp_path)
+        auto = node(address, "auto", tmp_path / "auto", tmp_path)
+        with running(inference, auto):
+            watch_until(address, roles_are({"inf": pb.ROLE_INFERENCE, "auto": pb.ROLE_INFERENCE}), 120)
+            first.leave()  # the round has no trainer now: the auto node is moved, the explicit one is not
+            moved = watch_until(address, lambda s: roles_are({"auto": pb.ROLE_TRAINER})(s) and s.current_version >= 1,
+                                180)
+            assert {v.trainer for v in moved.versions[1:]} == {n.node_id for n in moved.nodes if n.name == "auto"}
+            second = Heartbeating(stub)  # an explicit trainer comes: the auto node is one too many
+            back = watch_until(address, roles_are({"auto": pb.ROLE_INFERENCE}), 120)
+            trainers = [n for n in back.nodes if n.role == pb.ROLE_TRAINER and n.online]
+            assert [n.node_id for n in trainers] == [second.node.identity.node_id]
+            events = [e.text for e in back.events if e.kind == "role"]
+            assert any("moved from inference to trainer" in t for t in events), events
+            assert any("moved from trainer to inference" in t and "fill a round" in t for t in events), events
+            second.leave()
+        assert "moving from inference to trainer" in auto.log() and "moving from trainer to inference" in auto.log()
+    assert seen_roles["inf"] == {pb.ROLE_INFERENCE}  # explicit: never moved, though trainers were short
+    assert coordinator.popen.returncode == 0, coordinator.log()

@@ -108,14 +108,18 @@ class HeartbeatBody(_message.Message):
     def __init__(self, state: _Optional[str] = ..., tokens_per_s: _Optional[float] = ..., holding_version: _Optional[int] = ...) -> None: ...
 
 class HeartbeatReply(_message.Message):
-    __slots__ = ("current_version", "server_time_ms", "heartbeat_interval_ms")
+    __slots__ = ("current_version", "server_time_ms", "heartbeat_interval_ms", "role", "role_reason")
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_REASON_FIELD_NUMBER: _ClassVar[int]
     current_version: int
     server_time_ms: int
     heartbeat_interval_ms: int
-    def __init__(self, current_version: _Optional[int] = ..., server_time_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    role: Role
+    role_reason: str
+    def __init__(self, current_version: _Optional[int] = ..., server_time_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ..., role_reason: _Optional[str] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "max_new_tokens", "greedy")
@@ -400,6 +404,22 @@ class ReturnLeasesReply(_message.Message):
     returned: int
     def __init__(self, returned: _Optional[int] = ...) -> None: ...
 
+class OutOfMemoryBody(_message.Message):
+    __slots__ = ("lease_id", "detail", "rows")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    detail: str
+    rows: int
+    def __init__(self, lease_id: _Optional[str] = ..., detail: _Optional[str] = ..., rows: _Optional[int] = ...) -> None: ...
+
+class OutOfMemoryReply(_message.Message):
+    __slots__ = ("max_prompts",)
+    MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    max_prompts: int
+    def __init__(self, max_prompts: _Optional[int] = ...) -> None: ...
+
 class GetVersionRequest(_message.Message):
     __slots__ = ("latest", "version")
     LATEST_FIELD_NUMBER: _ClassVar[int]
@@ -417,12 +437,42 @@ class VersionManifest(_message.Message):
     def __init__(self, manifest_json: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class FetchVersionRequest(_message.Message):
-    __slots__ = ("version", "offset")
+    __slots__ = ("version", "offset", "length")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
     version: int
     offset: int
-    def __init__(self, version: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
+    length: int
+    def __init__(self, version: _Optional[int] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class FindPeersBody(_message.Message):
+    __slots__ = ("version", "p2p_maddrs", "holding")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    P2P_MADDRS_FIELD_NUMBER: _ClassVar[int]
+    HOLDING_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    p2p_maddrs: _containers.RepeatedScalarFieldContainer[str]
+    holding: bool
+    def __init__(self, version: _Optional[int] = ..., p2p_maddrs: _Optional[_Iterable[str]] = ..., holding: _Optional[bool] = ...) -> None: ...
+
+class FindPeersReply(_message.Message):
+    __slots__ = ("peers", "position")
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    peers: _containers.RepeatedCompositeFieldContainer[VersionPeer]
+    position: int
+    def __init__(self, peers: _Optional[_Iterable[_Union[VersionPeer, _Mapping]]] = ..., position: _Optional[int] = ...) -> None: ...
+
+class VersionPeer(_message.Message):
+    __slots__ = ("node_id", "maddrs", "holding")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MADDRS_FIELD_NUMBER: _ClassVar[int]
+    HOLDING_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    maddrs: _containers.RepeatedScalarFieldContainer[str]
+    holding: bool
+    def __init__(self, node_id: _Optional[str] = ..., maddrs: _Optional[_Iterable[str]] = ..., holding: _Optional[bool] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("offset", "data", "total_size")

@@ -80,6 +80,16 @@ class CoordinatorStub:
                 request_serializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
                 response_deserializer=potluck_dot_v1_dot_coordinator__pb2.ReturnLeasesReply.FromString,
                 _registered_method=True)
+        self.ReportOutOfMemory = channel.unary_unary(
+                '/potluck.v1.Coordinator/ReportOutOfMemory',
+                request_serializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
+                response_deserializer=potluck_dot_v1_dot_coordinator__pb2.OutOfMemoryReply.FromString,
+                _registered_method=True)
+        self.FindPeers = channel.unary_unary(
+                '/potluck.v1.Coordinator/FindPeers',
+                request_serializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
+                response_deserializer=potluck_dot_v1_dot_coordinator__pb2.FindPeersReply.FromString,
+                _registered_method=True)
         self.GetVersion = channel.unary_unary(
                 '/potluck.v1.Coordinator/GetVersion',
                 request_serializer=potluck_dot_v1_dot_coordinator__pb2.GetVersionRequest.SerializeToString,
@@ -163,6 +173,21 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportOutOfMemory(self, request, context):
+        """body: OutOfMemoryBody. A node that ran out of memory on a lease gives it back; its later leases are smaller.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FindPeers(self, request, context):
+        """body: FindPeersBody. The tracker: peers that hold or are fetching a version (the caller is
+        recorded as one of them), so versions spread between nodes; the coordinator is the last seed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetVersion(self, request, context):
         """Read-only: a version's manifest, signed by the coordinator.
         """
@@ -231,6 +256,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ReturnLeases,
                     request_deserializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.FromString,
                     response_serializer=potluck_dot_v1_dot_coordinator__pb2.ReturnLeasesReply.SerializeToString,
+            ),
+            'ReportOutOfMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportOutOfMemory,
+                    request_deserializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.FromString,
+                    response_serializer=potluck_dot_v1_dot_coordinator__pb2.OutOfMemoryReply.SerializeToString,
+            ),
+            'FindPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindPeers,
+                    request_deserializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.FromString,
+                    response_serializer=potluck_dot_v1_dot_coordinator__pb2.FindPeersReply.SerializeToString,
             ),
             'GetVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVersion,
@@ -491,6 +526,60 @@ class Coordinator:
             '/potluck.v1.Coordinator/ReturnLeases',
             potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
             potluck_dot_v1_dot_coordinator__pb2.ReturnLeasesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportOutOfMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potluck.v1.Coordinator/ReportOutOfMemory',
+            potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
+            potluck_dot_v1_dot_coordinator__pb2.OutOfMemoryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potluck.v1.Coordinator/FindPeers',
+            potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
+            potluck_dot_v1_dot_coordinator__pb2.FindPeersReply.FromString,
             options,
             channel_credentials,
             insecure,
