@@ -1,5 +1,9 @@
 """Lease deadlines scaled to a node's speed, and work that arrives after its lease expired: the pure
-rules (coordinator/leases.py), then a real coordinator applying them."""
+rules (coordinator/leases.py), then a real coordinator applying them; then real node processes that
+are killed, leave with Ctrl-C, or lose their network and come back."""
+import os
+import signal
+import sqlite3
 import time
 
 import grpc
@@ -9,7 +13,8 @@ from coordinator.leases import SLACK, expected_rate, late_refusal, scaled_second
 from protocol.channel import sync_channel
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
-from tests.procs import Coordinator
+from tests.netproxy import NetProxy
+from tests.procs import Coordinator, Proc, node, running, watch_until
 from tests.rpc import Node, refused
 
 EOS = 2  # the tiny model's EOS id
@@ -102,3 +107,125 @@ def test_fast_nodes_get_short_leases_and_late_work_is_taken_unless_replaced(stub
     lease(slow)  # the expired lease's room goes to another shard
     err = refused(lambda: submit(fast, f2), grpc.StatusCode.FAILED_PRECONDITION, "lease_expired")
     assert "leased again" in err.details()
+
+
+# --- leases and real node processes: killed, Ctrl-C'd, cut off from the network ---------------------
+# A fresh run's first piece of work is the eval of version 0 (512 held-out prompts, greedy): one lease
+# whose work is named (the version to evaluate) and takes its node seconds, so a test can catch it held.
+EVAL_RUN = """name = "lease-procs"
+seed = 1
+heartbeat_seconds = 0.5
+[rollouts]
+group_size = 2
+prompts_per_shard = 2
+batch_groups = 1024
+lease_seconds = {lease}
+min_lease_seconds = {lease}
+[eval]
+every = {every}
+"""
+
+
+def _run(tmp_path, lease: float, every: int = 1) -> Coordinator:
+    (tmp_path / "run.toml").write_text(EVAL_RUN.format(lease=lease, every=every))
+    return Coordinator(str(tmp_path / "run.toml"), tmp_path / "data", tmp_path)
+
+
+def _db(tmp_path, sql: str, args=()) -> list[sqlite3.Row]:
+    db = sqlite3.connect(f"file:{tmp_path / 'data' / 'state.sqlite'}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def _node_id(tmp_path, name: str) -> str:
+    rows = _db(tmp_path, "SELECT node_id FROM nodes WHERE name = ?", (name,))
+    return rows[0]["node_id"] if rows else ""
+
+
+def _frozen_holding_eval(tmp_path, proc: Proc, timeout: float = 120) -> sqlite3.Row:
+    """Once proc holds the eval lease of version 0, freeze it (SIGSTOP) and return that lease: frozen,
+    the node can neither finish nor give back its work until the test decides."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        node_id = _node_id(tmp_path, proc.name.split("-", 1)[1])
+        held = _db(tmp_path, "SELECT * FROM leases WHERE node_id = ? AND kind = 'eval' AND state = 'active'",
+                   (node_id,)) if node_id else []
+        if held:
+            os.kill(proc.popen.pid, signal.SIGSTOP)
+            lease = _db(tmp_path, "SELECT * FROM leases WHERE lease_id = ?", (held[0]["lease_id"],))[0]
+            if lease["state"] == "active":
+                return lease
+            os.kill(proc.popen.pid, signal.SIGCONT)
+            raise AssertionError(f"{proc.name} finished its eval lease before it could be caught holding it")
+        assert proc.popen.poll() is None, proc.log()
+        time.sleep(0.02)
+    raise AssertionError(f"{proc.name} held no eval lease within {timeout}s:\n{proc.log()}")
+
+
+def _wait_for(what: str, condition, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.1)
+    return result
+
+
+def test_a_node_killed_mid_lease_has_its_work_leased_again_and_done_by_another(tmp_path):
+    coordinator = _run(tmp_path, lease=3)
+    first = node(coordinator.address, "inference", tmp_path / "first", tmp_path)
+    with running(coordinator, first):
+        dead = _frozen_holding_eval(tmp_path, first)
+        first.stop(signal.SIGKILL)  # it dies holding the eval of version 0
+        other = node(coordinator.address, "inference", tmp_path / "other", tmp_path)
+        with running(other):
+            watch_until(coordinator.address, lambda s: s.versions[0].has_eval, 120)
+    leases = {row["lease_id"]: row for row in _db(tmp_path, "SELECT * FROM leases WHERE kind = 'eval'")}
+    assert leases[dead["lease_id"]]["state"] == "expired"
+    done = [row for row in leases.values() if row["state"] == "done"]
+    assert len(done) == 1 and done[0]["version"] == 0 and done[0]["node_id"] == _node_id(tmp_path, "other")
+    assert done[0]["created_ms"] > dead["deadline_ms"]  # leased again only once the dead node's lease ran out
+
+
+def test_ctrl_c_gives_the_held_lease_back_at_once(tmp_path):
+    coordinator = _run(tmp_path, lease=600)
+    leaving = node(coordinator.address, "inference", tmp_path / "leaving", tmp_path)
+    with running(coordinator, leaving):
+        held = _frozen_holding_eval(tmp_path, leaving)
+        os.kill(leaving.popen.pid, signal.SIGINT)  # Ctrl-C, taken as soon as it runs again
+        os.kill(leaving.popen.pid, signal.SIGCONT)
+        assert leaving.popen.wait(60) == 0, leaving.log()
+        lease = _db(tmp_path, "SELECT * FROM leases WHERE lease_id = ?", (held["lease_id"],))[0]
+        assert lease["state"] == "returned" and lease["deadline_ms"] - time.time() * 1000 > 500_000
+        assert "returned 1 lease(s)" in leaving.log()
+        # The work is free now, not in ten minutes: the next node to ask gets the same eval.
+        with sync_channel(coordinator.address) as channel:
+            again = Node(pb_grpc.CoordinatorStub(channel)).call("LeaseRollouts", pb.LeaseRolloutsBody())
+        assert again.has_work and again.eval and again.version == 0
+
+
+def test_a_node_whose_network_drops_comes_back_as_itself_with_its_credit(tmp_path):
+    coordinator = _run(tmp_path, lease=10, every=0)
+    proxy = NetProxy(coordinator.address)
+    roaming = node(proxy.address, "inference", tmp_path / "roaming", tmp_path)
+    try:
+        with running(coordinator, roaming):
+            before = watch_until(coordinator.address, lambda s: any(n.credit > 0 for n in s.nodes), 120)
+            (me,) = before.nodes
+            proxy.cut()
+            _wait_for("the node notices", lambda: "unreachable" in roaming.log() or "heartbeat failed" in roaming.log(),
+                      60)
+            gone = watch_until(coordinator.address, lambda s: not s.nodes[0].online, 30)
+            cut_ms = gone.server_time_ms
+            proxy.restore()
+            back = watch_until(coordinator.address, lambda s: s.nodes[0].online and s.nodes[0].credit > gone.nodes[0].credit,
+                               120)
+            assert [n.node_id for n in back.nodes] == [me.node_id]  # the same identity, no second node
+            assert back.nodes[0].credit > gone.nodes[0].credit >= me.credit  # nothing lost, more earned
+            assert _db(tmp_path, "SELECT COUNT(*) FROM leases WHERE node_id = ? AND created_ms > ?",
+                       (me.node_id, cut_ms))[0][0] > 0  # new work after the network came back
+            assert proxy.refused > 0  # it really was refused while down
+    finally:
+        proxy.close()
