@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from protocol.roles import RoleChoice, RunNeeds, choose_role, model_weight_bytes, rebalanced_role
+from protocol.roles import RAN_OUT_TRAINING, RoleChoice, RunNeeds, choose_role, model_weight_bytes, rebalanced_role
 from protocol.v1 import coordinator_pb2 as pb
 
 from . import admission
@@ -31,11 +31,13 @@ def _online_since_ms(ctx: RunContext) -> int:
 def run_needs(ctx: RunContext, node_id: str, credit: float) -> RunNeeds:
     # The node itself is not counted, so a trainer that rejoins gets its role back.
     online = ctx.store.count_online_roles(_online_since_ms(ctx), excluding=node_id)
+    row = ctx.store.node(node_id)
     return RunNeeds(trainers_active=online.get(pb.ROLE_TRAINER, 0),
                     trainers_wanted=ctx.config.diloco.trainers_per_round,
                     weight_bytes=model_weight_bytes(ctx.config.model.name),
                     may_train=admission.role_allowed(ctx.config.admission, pb.ROLE_TRAINER, node_id, credit),
-                    inference_active=online.get(pb.ROLE_INFERENCE, 0))
+                    inference_active=online.get(pb.ROLE_INFERENCE, 0),
+                    ran_out_training=bool(row is not None and row["train_oom"]))
 
 
 def auto_role(ctx: RunContext, node_id: str, credit: float, hardware: pb.Hardware) -> RoleChoice:
@@ -59,12 +61,24 @@ def rebalance(ctx: RunContext, node_id: str) -> RoleChoice | None:
         return None
     choice = rebalanced_role(row["role"], pb.Hardware.FromString(row["hardware"]),
                              run_needs(ctx, node_id, row["credit"]), held_s, ctx.config.roles.hold_seconds)
-    if choice is None:
-        return None
+    if choice is not None:
+        _move(ctx, row, choice)
+    return choice
+
+
+def after_running_out(ctx: RunContext, node_id: str) -> None:
+    """A node ran out of memory (its leases are back): an auto trainer that ran out training does
+    inference from now on, at once (it holds nothing a round waits for)."""
+    row = ctx.store.node(node_id)
+    if row["auto_role"] and row["role"] == pb.ROLE_TRAINER and row["train_oom"]:
+        _move(ctx, row, RoleChoice(pb.ROLE_INFERENCE, RAN_OUT_TRAINING))
+
+
+def _move(ctx: RunContext, row, choice: RoleChoice) -> None:
+    node_id = row["node_id"]
     before, after = (pb.Role.Name(r)[5:].lower() for r in (row["role"], choice.role))
     with ctx.store.tx():
         ctx.store.set_role(node_id, choice.role)
         ctx.store.event("role", f"{row['name']} ({node_id[-8:]}) moved from {before} to {after}: {choice.reason}")
     log.info("node %s moved from %s to %s: %s", node_id[-8:], before, after, choice.reason)
     ctx.notify()
-    return choice

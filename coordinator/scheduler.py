@@ -148,20 +148,26 @@ def return_leases(ctx: RunContext, node_id: str) -> int:
 
 
 def out_of_memory(ctx: RunContext, node_id: str, body: pb.OutOfMemoryBody) -> int:
-    """A node ran out of memory on a lease: its work goes back at once (for another node, or for this one
-    in smaller pieces) and its rollout leases from now on hold at most half the prompts that did not fit.
-    Returns the node's cap (0: none)."""
-    lease = held_lease(ctx, node_id, body.lease_id, ("rollout", "eval", "train"))
+    """A node ran out of memory: the lease it names (every lease it holds, if none) goes back at once,
+    for another node or for this one in smaller pieces. Its rollout leases from then on hold at most
+    half the prompts that did not fit; one that ran out training is remembered (roles.py).
+    Returns the node's prompt cap (0: none)."""
+    held = ([held_lease(ctx, node_id, body.lease_id, ("rollout", "eval", "train", "verify"))] if body.lease_id
+            else ctx.store.active_leases(node_id=node_id))
     row = ctx.store.node(node_id)
     cap = row["max_prompts"]
-    if lease.kind != "train":
-        halved = max(1, len(lease.spec["task_ids"]) // 2)
-        cap = min(cap, halved) if cap else halved
+    for lease in held:
+        if lease.kind in ("rollout", "eval"):
+            halved = max(1, len(lease.spec["task_ids"]) // 2)
+            cap = min(cap, halved) if cap else halved
+    training = any(lease.kind == "train" for lease in held) or (not held and row["role"] == pb.ROLE_TRAINER)
     with ctx.store.tx():
-        release(ctx, lease, "returned")
-        ctx.store.set_max_prompts(node_id, cap)
-        ctx.store.event("memory", f"{row['name']} ({node_id[-8:]}) ran out of memory on {lease.kind} lease "
-                                  f"{lease.lease_id[:8]} ({body.rows} sequences at once)"
+        for lease in held:
+            release(ctx, lease, "returned")
+        ctx.store.set_out_of_memory(node_id, cap, training)
+        kinds = "/".join(sorted({lease.kind for lease in held})) or "no"
+        ctx.store.event("memory", f"{row['name']} ({node_id[-8:]}) ran out of memory on {kinds} lease(s) "
+                                  f"({body.rows} sequences at once)"
                                   + (f"; its leases now hold at most {cap} prompts" if cap else ""))
     ctx.notify()
     return cap

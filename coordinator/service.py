@@ -184,7 +184,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     def _report_out_of_memory(self, request: pb.SignedRequest) -> pb.OutOfMemoryReply:
         node_id, body = self._authenticate("ReportOutOfMemory", request, pb.OutOfMemoryBody)
-        return pb.OutOfMemoryReply(max_prompts=scheduler.out_of_memory(self.ctx, node_id, body))
+        cap = scheduler.out_of_memory(self.ctx, node_id, body)
+        roles.after_running_out(self.ctx, node_id)
+        return pb.OutOfMemoryReply(max_prompts=cap, role=self.ctx.store.node(node_id)["role"])
 
     async def Register(self, request, context):
         return await self._run(context, "Register", self._register, request)

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     quarantined INTEGER NOT NULL DEFAULT 0, verified_ok INTEGER NOT NULL DEFAULT 0,
     verified_failed INTEGER NOT NULL DEFAULT 0, holding_version INTEGER,
     auto_role INTEGER NOT NULL DEFAULT 0, role_since_ms INTEGER NOT NULL DEFAULT 0,
-    max_prompts INTEGER NOT NULL DEFAULT 0);
+    max_prompts INTEGER NOT NULL DEFAULT 0, train_oom INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS leases (
     lease_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
     spec TEXT NOT NULL, created_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL,
@@ -192,9 +192,11 @@ class Store:
     def set_role(self, node_id: str, role: int) -> None:
         self.db.execute("UPDATE nodes SET role=?, role_since_ms=? WHERE node_id=?", (role, now_ms(), node_id))
 
-    def set_max_prompts(self, node_id: str, max_prompts: int) -> None:
-        """The node's prompt cap per rollout lease after it ran out of memory (0: none)."""
-        self.db.execute("UPDATE nodes SET max_prompts=? WHERE node_id=?", (max_prompts, node_id))
+    def set_out_of_memory(self, node_id: str, max_prompts: int, training: bool) -> None:
+        """After the node ran out of memory: its prompt cap per rollout lease (0: none), and whether it
+        ran out training (an auto node is then not made a trainer again)."""
+        self.db.execute("UPDATE nodes SET max_prompts=?, train_oom=MAX(train_oom, ?) WHERE node_id=?",
+                        (max_prompts, int(training), node_id))
 
     def count_online_roles(self, seen_since_ms: int, excluding: str) -> dict[int, int]:
         """Nodes by role that have not left, are not quarantined and were seen since seen_since_ms."""

@@ -168,9 +168,25 @@ async def _work_once(client, seat: Seat, identity, role, hardware, name) -> None
         log.error("work refused (%s): %s", reason, err.details())
     except ManifestError as err:  # bytes that fail their check are never loaded
         log.error("version fetch failed its check: %s", err)
+    except (torch.OutOfMemoryError, MemoryError) as err:  # a role without its own remedy (inference has one)
+        await _ran_out(client, seat, err)
     if seat.worker is not None:
         seat.worker.state = "idle"
     await asyncio.sleep(REFUSED_BACKOFF_S)
+
+
+async def _ran_out(client: CoordinatorClient, seat: Seat, err: BaseException) -> None:
+    """Out of memory in a unit of work: give every lease back and tell the coordinator, which makes an
+    auto trainer an inference node; never a crash, and never the same work again at the same size."""
+    log.error("out of memory as %s: %s", role_name(seat.role), str(err)[:200])
+    seat.parts.loader.version = None  # the model may hold half-done work: load the version afresh
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        reply = await client.call("ReportOutOfMemory", pb.OutOfMemoryBody(detail=str(err)[:200]))
+        seat.assign(reply.role, "it ran out of memory as " + role_name(seat.role))
+    except grpc.aio.AioRpcError as rpc_err:
+        log.warning("could not report running out of memory: %s", rpc_err.details())
 
 
 def configure_threads(threads: int) -> None:

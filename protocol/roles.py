@@ -22,6 +22,7 @@ GIB = 1 << 30
 YARDSTICK_MODEL = "potluck/tiny-arith"
 INFERENCE_FACTOR, INFERENCE_OVERHEAD = 2.0, GIB // 4
 TRAINER_FACTOR, TRAINER_OVERHEAD = 4.0, GIB // 2
+RAN_OUT_TRAINING = "this node ran out of memory training"
 
 
 @lru_cache(maxsize=16)  # asked on every lease; a model's files do not change under a running run
@@ -54,6 +55,7 @@ class RunNeeds:
     weight_bytes: int  # the run's base model (0: unknown, memory is then not a bar)
     may_train: bool  # admission lets this node take the trainer role
     inference_active: int = 0  # inference nodes online, this one excluded (who keeps the pool fed)
+    ran_out_training: bool = False  # this node ran out of memory training once: it is not made a trainer again
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ def choose_role(hardware: pb.Hardware, needs: RunNeeds) -> RoleChoice:
     training; inference otherwise. Never validator: the host names its validators."""
     memory = usable_memory(hardware)
     trainer_bytes = memory_needed(pb.ROLE_TRAINER, needs.weight_bytes)
+    if needs.ran_out_training:
+        return RoleChoice(pb.ROLE_INFERENCE, RAN_OUT_TRAINING)
     if not needs.may_train:
         return RoleChoice(pb.ROLE_INFERENCE, "the run admits only listed or credited trainers")
     if needs.trainers_active >= needs.trainers_wanted:
@@ -96,6 +100,8 @@ def rebalanced_role(role: int, hardware: pb.Hardware, needs: RunNeeds, held_s: f
                                            f"{needs.trainers_active}; {needs.inference_active} other "
                                            "inference node(s) keep generating")
     if role == pb.ROLE_TRAINER:
+        if needs.ran_out_training:
+            return RoleChoice(pb.ROLE_INFERENCE, RAN_OUT_TRAINING)
         if not needs.may_train:
             return RoleChoice(pb.ROLE_INFERENCE, "the run admits only listed or credited trainers")
         if needs.trainers_active >= needs.trainers_wanted:

@@ -10,10 +10,11 @@ from protocol.v1 import coordinator_pb2 as pb
 
 
 class Node:
-    def __init__(self, stub, role=pb.ROLE_INFERENCE, join_token: str = "", identity: Identity | None = None):
+    def __init__(self, stub, role=pb.ROLE_INFERENCE, join_token: str = "", identity: Identity | None = None,
+                 hardware: pb.Hardware | None = None):
         self.stub, self.identity, self.clock = stub, identity or Identity.generate(), NonceClock()
         self.register_reply = self.call("Register", pb.RegisterBody(public_key=self.identity.public_key, role=role,
-                                                                    join_token=join_token))
+                                                                    join_token=join_token, hardware=hardware))
 
     def sign(self, method, body):
         return sign_request(self.identity, self.clock, method, body)

@@ -14,13 +14,16 @@ from node.client import CoordinatorClient
 from node.hardware import rows_that_fit, sequence_bytes
 from node.inference.worker import InferenceWorker
 from node.versions import VersionLoader
+from protocol.channel import sync_channel
 from protocol.config import RunConfig
 from protocol.envs import make_environment
 from protocol.identity import Identity
 from protocol.models import resolve_model
 from protocol.policy import load_policy, load_tokenizer
 from protocol.v1 import coordinator_pb2 as pb
+from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 from tests.procs import Coordinator
+from tests.rpc import Node
 
 TINY = AutoConfig.from_pretrained(resolve_model("potluck/tiny-arith"))
 
@@ -118,3 +121,33 @@ def _query(tmp_path, sql: str, args=()) -> list[tuple]:
 def _leases(tmp_path, node_id: str) -> list[tuple]:
     rows = _query(tmp_path, "SELECT spec, state FROM leases WHERE node_id = ? ORDER BY rowid", (node_id,))
     return [(json.loads(spec)["task_ids"], state) for spec, state in rows]
+
+
+TRAIN_RUN = """name = "memory-train"
+[diloco]
+trainers_per_round = 1
+[roles]
+hold_seconds = 0
+"""
+
+
+def test_an_auto_trainer_that_runs_out_of_memory_does_inference_from_then_on(tmp_path):
+    (tmp_path / "run.toml").write_text(TRAIN_RUN)
+    coordinator = Coordinator(str(tmp_path / "run.toml"), tmp_path / "data", tmp_path)
+    big = pb.Hardware(device="cpu", ram_bytes=64 << 30, ram_available_bytes=32 << 30)
+    try:
+        with sync_channel(coordinator.address) as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            Node(stub)  # an inference node, so the run would make a trainer of an auto node if it could
+            auto = Node(stub, role=pb.ROLE_UNSPECIFIED, hardware=big)
+            assert auto.register_reply.role == pb.ROLE_TRAINER
+            ran_out = auto.call("ReportOutOfMemory", pb.OutOfMemoryBody(detail="CUDA out of memory"))
+            assert ran_out.role == pb.ROLE_INFERENCE and ran_out.max_prompts == 0
+            # The round still lacks its trainer, but this node is not made one again.
+            assert auto.call("Heartbeat", pb.HeartbeatBody(state="idle")).role == pb.ROLE_INFERENCE
+            assert auto.call("LeaseRollouts", pb.LeaseRolloutsBody()).has_work
+            explicit = Node(stub, role=pb.ROLE_TRAINER)  # a node that asked to train keeps its role
+            assert explicit.call("ReportOutOfMemory", pb.OutOfMemoryBody()).role == pb.ROLE_TRAINER
+    finally:
+        assert coordinator.stop() == 0, coordinator.log()
+    assert "moved from trainer to inference: this node ran out of memory training" in coordinator.log()

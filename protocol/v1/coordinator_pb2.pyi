@@ -415,10 +415,12 @@ class OutOfMemoryBody(_message.Message):
     def __init__(self, lease_id: _Optional[str] = ..., detail: _Optional[str] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class OutOfMemoryReply(_message.Message):
-    __slots__ = ("max_prompts",)
+    __slots__ = ("max_prompts", "role")
     MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     max_prompts: int
-    def __init__(self, max_prompts: _Optional[int] = ...) -> None: ...
+    role: Role
+    def __init__(self, max_prompts: _Optional[int] = ..., role: _Optional[_Union[Role, str]] = ...) -> None: ...
 
 class GetVersionRequest(_message.Message):
     __slots__ = ("latest", "version")
