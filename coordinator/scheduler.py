@@ -147,7 +147,7 @@ def return_leases(ctx: RunContext, node_id: str) -> int:
     return len(leases)
 
 
-def out_of_memory(ctx: RunContext, node_id: str, body: pb.OutOfMemoryBody) -> int:
+def out_of_memory(ctx: RunContext, node_id: str, body: pb.ReportOutOfMemoryBody) -> int:
     """A node ran out of memory: the lease it names (every lease it holds, if none) goes back at once,
     for another node or for this one in smaller pieces. Its rollout leases from then on hold at most
     half the prompts that did not fit; one that ran out training is remembered (roles.py).

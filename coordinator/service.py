@@ -182,11 +182,11 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         node_id, _ = self._authenticate("ReturnLeases", request, pb.ReturnLeasesBody)
         return pb.ReturnLeasesReply(returned=scheduler.return_leases(self.ctx, node_id))
 
-    def _report_out_of_memory(self, request: pb.SignedRequest) -> pb.OutOfMemoryReply:
-        node_id, body = self._authenticate("ReportOutOfMemory", request, pb.OutOfMemoryBody)
+    def _report_out_of_memory(self, request: pb.SignedRequest) -> pb.ReportOutOfMemoryReply:
+        node_id, body = self._authenticate("ReportOutOfMemory", request, pb.ReportOutOfMemoryBody)
         cap = scheduler.out_of_memory(self.ctx, node_id, body)
         roles.after_running_out(self.ctx, node_id)
-        return pb.OutOfMemoryReply(max_prompts=cap, role=self.ctx.store.node(node_id)["role"])
+        return pb.ReportOutOfMemoryReply(max_prompts=cap, role=self.ctx.store.node(node_id)["role"])
 
     async def Register(self, request, context):
         return await self._run(context, "Register", self._register, request)

@@ -183,7 +183,7 @@ async def _ran_out(client: CoordinatorClient, seat: Seat, err: BaseException) ->
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     try:
-        reply = await client.call("ReportOutOfMemory", pb.OutOfMemoryBody(detail=str(err)[:200]))
+        reply = await client.call("ReportOutOfMemory", pb.ReportOutOfMemoryBody(detail=str(err)[:200]))
         seat.assign(reply.role, "it ran out of memory as " + role_name(seat.role))
     except grpc.aio.AioRpcError as rpc_err:
         log.warning("could not report running out of memory: %s", rpc_err.details())

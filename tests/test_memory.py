@@ -141,13 +141,13 @@ def test_an_auto_trainer_that_runs_out_of_memory_does_inference_from_then_on(tmp
             Node(stub)  # an inference node, so the run would make a trainer of an auto node if it could
             auto = Node(stub, role=pb.ROLE_UNSPECIFIED, hardware=big)
             assert auto.register_reply.role == pb.ROLE_TRAINER
-            ran_out = auto.call("ReportOutOfMemory", pb.OutOfMemoryBody(detail="CUDA out of memory"))
+            ran_out = auto.call("ReportOutOfMemory", pb.ReportOutOfMemoryBody(detail="CUDA out of memory"))
             assert ran_out.role == pb.ROLE_INFERENCE and ran_out.max_prompts == 0
             # The round still lacks its trainer, but this node is not made one again.
             assert auto.call("Heartbeat", pb.HeartbeatBody(state="idle")).role == pb.ROLE_INFERENCE
             assert auto.call("LeaseRollouts", pb.LeaseRolloutsBody()).has_work
             explicit = Node(stub, role=pb.ROLE_TRAINER)  # a node that asked to train keeps its role
-            assert explicit.call("ReportOutOfMemory", pb.OutOfMemoryBody()).role == pb.ROLE_TRAINER
+            assert explicit.call("ReportOutOfMemory", pb.ReportOutOfMemoryBody()).role == pb.ROLE_TRAINER
     finally:
         assert coordinator.stop() == 0, coordinator.log()
     assert "moved from trainer to inference: this node ran out of memory training" in coordinator.log()

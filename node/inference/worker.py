@@ -100,7 +100,7 @@ class InferenceWorker:
         self.row_cap = max(1, err.rows // 2)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        reply = await self.client.call("ReportOutOfMemory", pb.OutOfMemoryBody(
+        reply = await self.client.call("ReportOutOfMemory", pb.ReportOutOfMemoryBody(
             lease_id=lease.lease_id, detail=str(err)[:200], rows=err.rows))
         log.warning("%s; lease returned, now at most %d sequences at once and %d prompts per lease", err,
                     self.row_cap, reply.max_prompts)

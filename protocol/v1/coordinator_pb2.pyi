@@ -404,7 +404,7 @@ class ReturnLeasesReply(_message.Message):
     returned: int
     def __init__(self, returned: _Optional[int] = ...) -> None: ...
 
-class OutOfMemoryBody(_message.Message):
+class ReportOutOfMemoryBody(_message.Message):
     __slots__ = ("lease_id", "detail", "rows")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
@@ -414,7 +414,7 @@ class OutOfMemoryBody(_message.Message):
     rows: int
     def __init__(self, lease_id: _Optional[str] = ..., detail: _Optional[str] = ..., rows: _Optional[int] = ...) -> None: ...
 
-class OutOfMemoryReply(_message.Message):
+class ReportOutOfMemoryReply(_message.Message):
     __slots__ = ("max_prompts", "role")
     MAX_PROMPTS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]

@@ -83,7 +83,7 @@ class CoordinatorStub:
         self.ReportOutOfMemory = channel.unary_unary(
                 '/potluck.v1.Coordinator/ReportOutOfMemory',
                 request_serializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
-                response_deserializer=potluck_dot_v1_dot_coordinator__pb2.OutOfMemoryReply.FromString,
+                response_deserializer=potluck_dot_v1_dot_coordinator__pb2.ReportOutOfMemoryReply.FromString,
                 _registered_method=True)
         self.FindPeers = channel.unary_unary(
                 '/potluck.v1.Coordinator/FindPeers',
@@ -174,7 +174,7 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportOutOfMemory(self, request, context):
-        """body: OutOfMemoryBody. A node that ran out of memory on a lease gives it back; its later leases are smaller.
+        """body: ReportOutOfMemoryBody. A node that ran out of memory on a lease gives it back; its later leases are smaller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -260,7 +260,7 @@ def add_CoordinatorServicer_to_server(servicer, server):
             'ReportOutOfMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportOutOfMemory,
                     request_deserializer=potluck_dot_v1_dot_coordinator__pb2.SignedRequest.FromString,
-                    response_serializer=potluck_dot_v1_dot_coordinator__pb2.OutOfMemoryReply.SerializeToString,
+                    response_serializer=potluck_dot_v1_dot_coordinator__pb2.ReportOutOfMemoryReply.SerializeToString,
             ),
             'FindPeers': grpc.unary_unary_rpc_method_handler(
                     servicer.FindPeers,
@@ -552,7 +552,7 @@ class Coordinator:
             target,
             '/potluck.v1.Coordinator/ReportOutOfMemory',
             potluck_dot_v1_dot_coordinator__pb2.SignedRequest.SerializeToString,
-            potluck_dot_v1_dot_coordinator__pb2.OutOfMemoryReply.FromString,
+            potluck_dot_v1_dot_coordinator__pb2.ReportOutOfMemoryReply.FromString,
             options,
             channel_credentials,
             insecure,
