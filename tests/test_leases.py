@@ -145,24 +145,25 @@ def _node_id(tmp_path, name: str) -> str:
     return rows[0]["node_id"] if rows else ""
 
 
-def _frozen_holding_eval(tmp_path, proc: Proc, timeout: float = 120) -> sqlite3.Row:
-    """Once proc holds the eval lease of version 0, freeze it (SIGSTOP) and return that lease: frozen,
-    the node can neither finish nor give back its work until the test decides."""
+def _frozen_holding_eval(tmp_path, procs: list[Proc], timeout: float = 120) -> tuple[Proc, sqlite3.Row]:
+    """Once one of procs holds the eval lease of version 0, freeze it (SIGSTOP) and return it with that
+    lease: frozen, the node can neither finish nor give back its work until the test decides."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        node_id = _node_id(tmp_path, proc.name.split("-", 1)[1])
-        held = _db(tmp_path, "SELECT * FROM leases WHERE node_id = ? AND kind = 'eval' AND state = 'active'",
-                   (node_id,)) if node_id else []
-        if held:
-            os.kill(proc.popen.pid, signal.SIGSTOP)
+        held = _db(tmp_path, "SELECT * FROM leases WHERE kind = 'eval' AND state = 'active'")
+        holder = next((p for p in procs if held and _node_id(tmp_path, p.name.split("-", 1)[1]) == held[0]["node_id"]),
+                      None)
+        if holder is not None:
+            os.kill(holder.popen.pid, signal.SIGSTOP)
             lease = _db(tmp_path, "SELECT * FROM leases WHERE lease_id = ?", (held[0]["lease_id"],))[0]
             if lease["state"] == "active":
-                return lease
-            os.kill(proc.popen.pid, signal.SIGCONT)
-            raise AssertionError(f"{proc.name} finished its eval lease before it could be caught holding it")
-        assert proc.popen.poll() is None, proc.log()
+                return holder, lease
+            os.kill(holder.popen.pid, signal.SIGCONT)
+            raise AssertionError(f"{holder.name} finished its eval lease before it could be caught holding it")
+        for proc in procs:
+            assert proc.popen.poll() is None, proc.log()
         time.sleep(0.02)
-    raise AssertionError(f"{proc.name} held no eval lease within {timeout}s:\n{proc.log()}")
+    raise AssertionError(f"no node held an eval lease within {timeout}s")
 
 
 def _wait_for(what: str, condition, timeout: float):
@@ -175,17 +176,17 @@ def _wait_for(what: str, condition, timeout: float):
 
 def test_a_node_killed_mid_lease_has_its_work_leased_again_and_done_by_another(tmp_path):
     coordinator = _run(tmp_path, lease=3)
-    first = node(coordinator.address, "inference", tmp_path / "first", tmp_path)
-    with running(coordinator, first):
-        dead = _frozen_holding_eval(tmp_path, first)
-        first.stop(signal.SIGKILL)  # it dies holding the eval of version 0
-        other = node(coordinator.address, "inference", tmp_path / "other", tmp_path)
-        with running(other):
-            watch_until(coordinator.address, lambda s: s.versions[0].has_eval, 120)
+    nodes = [node(coordinator.address, "inference", tmp_path / name, tmp_path) for name in ("one", "two")]
+    with running(coordinator, *nodes):
+        victim, dead = _frozen_holding_eval(tmp_path, nodes)
+        victim.stop(signal.SIGKILL)  # it dies holding the eval of version 0
+        watch_until(coordinator.address, lambda s: s.versions[0].has_eval, 120)
+    (other,) = [p for p in nodes if p is not victim]
     leases = {row["lease_id"]: row for row in _db(tmp_path, "SELECT * FROM leases WHERE kind = 'eval'")}
     assert leases[dead["lease_id"]]["state"] == "expired"
     done = [row for row in leases.values() if row["state"] == "done"]
-    assert len(done) == 1 and done[0]["version"] == 0 and done[0]["node_id"] == _node_id(tmp_path, "other")
+    assert len(done) == 1 and done[0]["version"] == 0
+    assert done[0]["node_id"] == _node_id(tmp_path, other.name.split("-", 1)[1])
     assert done[0]["created_ms"] > dead["deadline_ms"]  # leased again only once the dead node's lease ran out
 
 
@@ -193,7 +194,7 @@ def test_ctrl_c_gives_the_held_lease_back_at_once(tmp_path):
     coordinator = _run(tmp_path, lease=600)
     leaving = node(coordinator.address, "inference", tmp_path / "leaving", tmp_path)
     with running(coordinator, leaving):
-        held = _frozen_holding_eval(tmp_path, leaving)
+        _, held = _frozen_holding_eval(tmp_path, [leaving])
         os.kill(leaving.popen.pid, signal.SIGINT)  # Ctrl-C, taken as soon as it runs again
         os.kill(leaving.popen.pid, signal.SIGCONT)
         assert leaving.popen.wait(60) == 0, leaving.log()
