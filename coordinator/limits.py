@@ -31,6 +31,7 @@ BODY_CAPS = {
     "LeaseTraining": 4 * KIB,
     "SubmitTraining": 16 * MIB,
     "ReturnLeases": 4 * KIB,
+    "FindPeers": 4 * KIB,
 }
 DEFAULT_BODY_CAP = 1 * MIB
 DEFAULT_STRING = 256

@@ -84,6 +84,9 @@ class Metrics:
         self.latency = Histogram("potluck_rpc_latency_seconds", "Time to answer an RPC", ["method"],
                                  registry=self.registry,
                                  buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0))
+        # The coordinator's egress for versions: nodes take versions from each other, this from it.
+        self.version_bytes = Counter("potluck_version_bytes_served", "Version blob bytes sent by FetchVersion",
+                                     registry=self.registry)
 
     def refused(self, method: str, reason: str) -> None:
         self.refusals.labels(method, reason).inc()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-from protocol.checkpoint import ADAPTER_PREFIX, Manifest, blob_layout, sha256_hex, sign_manifest
+from protocol.checkpoint import (ADAPTER_PREFIX, CHUNK_SIZE, Manifest, blob_layout, chunk_hashes, sha256_hex,
+                                 sign_manifest)
 from protocol.policy import decode_blob
 from protocol.v1 import coordinator_pb2 as pb
 
@@ -30,7 +31,8 @@ def _publish(ctx: RunContext, version: int, parent: int | None, blob: bytes, tra
     """Inside a transaction: store the blob, sign its manifest, record the version."""
     digest = ctx.blobs.put(blob)
     manifest = Manifest(run=ctx.config.name, version=version, parent=parent, sha256=digest, size=len(blob),
-                        base_model=ctx.config.model.name, created_ms=now_ms())
+                        base_model=ctx.config.model.name, created_ms=now_ms(), chunk_size=CHUNK_SIZE,
+                        chunks=chunk_hashes(blob, CHUNK_SIZE))
     text, signature = sign_manifest(ctx.identity, manifest)
     ctx.store.add_version(version, parent, digest, len(blob), text, signature, trainer, rollouts_used)
     ctx.store.event("version", f"version {version} published ({digest[:12]}, {len(blob)} bytes) by {trainer[-8:]}")

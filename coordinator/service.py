@@ -28,6 +28,7 @@ from .metrics import Metrics
 from .ratelimit import TokenBuckets
 from .snapshot import RateMeter, build_snapshot
 from .store import now_ms
+from .tracker import Tracker
 
 log = logging.getLogger("potluck.coordinator")
 CHUNK_BYTES = 1 << 20
@@ -41,6 +42,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.meter = RateMeter()
         self.rates = TokenBuckets(ctx.config.limits.rate_per_s, ctx.config.limits.burst)
         self.streams = limits.StreamGate(ctx.config.limits.max_streams)
+        self.tracker = Tracker(max(3 * ctx.config.heartbeat_seconds, 15.0))
         self._interval_ms, self._interval_until = 0, 0.0
 
     async def _run(self, context: grpc.aio.ServicerContext, method: str, handler, *args):
@@ -140,6 +142,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         node_id, body = self._authenticate("Heartbeat", request, pb.HeartbeatBody)
         self.ctx.store.record_heartbeat(node_id, body.state[:32] or "idle", max(0.0, body.tokens_per_s),
                                         body.holding_version if body.HasField("holding_version") else None)
+        self.tracker.heard(node_id, body.holding_version if body.HasField("holding_version") else None)
         moved = roles.rebalance(self.ctx, node_id)
         return pb.HeartbeatReply(current_version=self.ctx.store.current_version(), server_time_ms=now_ms(),
                                  heartbeat_interval_ms=self._heartbeat_interval_ms(),
@@ -188,6 +191,15 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         roles.after_running_out(self.ctx, node_id)
         return pb.ReportOutOfMemoryReply(max_prompts=cap, role=self.ctx.store.node(node_id)["role"])
 
+    def _find_peers(self, request: pb.SignedRequest) -> pb.FindPeersReply:
+        node_id, body = self._authenticate("FindPeers", request, pb.FindPeersBody)
+        publisher.manifest(self.ctx, pb.GetVersionRequest(version=body.version))  # NOT_FOUND if no bytes
+        return self.tracker.find_peers(node_id, body, self._in_run)
+
+    def _in_run(self, node_id: str) -> bool:
+        row = self.ctx.store.node(node_id)
+        return row is not None and row["state"] != "left" and not self.ctx.store.banned(node_id)
+
     async def Register(self, request, context):
         return await self._run(context, "Register", self._register, request)
 
@@ -217,6 +229,9 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
 
     async def ReportOutOfMemory(self, request, context):
         return await self._run(context, "ReportOutOfMemory", self._report_out_of_memory, request)
+
+    async def FindPeers(self, request, context):
+        return await self._run(context, "FindPeers", self._find_peers, request)
 
     # --- read-only calls ---
 
@@ -257,8 +272,10 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} > size {row['size']}",
                                 trailing_metadata=(("potluck-reason", "bad_offset"),))
         offset = request.offset
-        while offset < row["size"]:
-            data = self.ctx.blobs.read(row["sha256"], offset, CHUNK_BYTES)
+        end = min(row["size"], offset + request.length) if request.length else row["size"]
+        while offset < end:
+            data = self.ctx.blobs.read(row["sha256"], offset, min(CHUNK_BYTES, end - offset))
+            self.metrics.version_bytes.inc(len(data))
             yield pb.Chunk(offset=offset, data=data, total_size=row["size"])
             offset += len(data)
 

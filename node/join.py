@@ -20,7 +20,7 @@ from protocol.identity import Identity
 from protocol.policy import load_policy, load_tokenizer
 from protocol.v1 import coordinator_pb2 as pb
 
-from .client import CoordinatorClient, error_reason
+from .client import CoordinatorClient, banned, error_reason
 from .hardware import MODEL_LOADING, pick_device, probe
 from .seat import Parts, Seat, role_name
 from .status import NodeStatus, Progress, ReportingClient
@@ -48,6 +48,8 @@ async def _heartbeats(client: CoordinatorClient, seat: Seat, interval_s: float) 
             reply = await _heartbeat(client, seat)
             interval_s = reply.heartbeat_interval_ms / 1000 or interval_s  # the coordinator may stretch it
         except grpc.aio.AioRpcError as err:
+            if banned(err):
+                raise  # the heartbeats end, which stops the node (join)
             log.warning("heartbeat failed: %s", err.details())
 
 
@@ -69,8 +71,8 @@ async def _register(client: CoordinatorClient, identity: Identity, role: int, ha
 async def join(address: str, role: str, device: str, home: Path, name: str,
                status: NodeStatus | None = None, stop: asyncio.Event | None = None,
                security: Security = PLAINTEXT, join_token: str = "") -> int:
-    """Work for the run until stop is set (SIGINT/SIGTERM set it too), then return the leases held.
-    status, if given, follows along for a view."""
+    """Work for the run until stop is set (SIGINT/SIGTERM set it too), then return the leases held;
+    if the coordinator bans the node, raise its refusal instead. status, if given, follows along."""
     status = NodeStatus(address) if status is None else status
     stop = asyncio.Event() if stop is None else stop
     loop = asyncio.get_running_loop()
@@ -90,23 +92,35 @@ async def join(address: str, role: str, device: str, home: Path, name: str,
         return 0
     seat, heartbeat_s = ready
     heartbeat = asyncio.create_task(_heartbeats(client, seat, heartbeat_s))
+    heartbeat.add_done_callback(lambda task: task.cancelled() or stop.set())  # it ends by itself on a ban
     mirror = asyncio.create_task(_mirror(status, seat))
+    was_banned = False
     try:
         while not stop.is_set():
             await _unless_stopped(_work_once(client, seat, identity, ROLES[role], hardware, name), stop)
+        if heartbeat.done():
+            heartbeat.result()  # raises the ban it heard
+    except grpc.aio.AioRpcError as err:  # a ban: node/cli.py says so and exits with 2
+        was_banned = banned(err)
+        raise
     finally:
         heartbeat.cancel()
         mirror.cancel()
         status.state, status.progress = "leaving", None
-        try:
-            returned = await client.call("ReturnLeases", pb.ReturnLeasesBody(reason="node leaving"), timeout=5,
-                                         retry=False)
-            log.info("left the run; returned %d lease(s)", returned.returned)
-        except grpc.aio.AioRpcError as err:
-            log.warning("could not return leases: %s", err.details())
+        if not was_banned:  # the ban took the leases back already, and would refuse the call
+            await _return_leases(client)
         await client.close()
         await seat.close()
     return 0
+
+
+async def _return_leases(client: CoordinatorClient) -> None:
+    try:
+        returned = await client.call("ReturnLeases", pb.ReturnLeasesBody(reason="node leaving"), timeout=5,
+                                     retry=False)
+        log.info("left the run; returned %d lease(s)", returned.returned)
+    except grpc.aio.AioRpcError as err:
+        log.warning("could not return leases: %s", err.details())
 
 
 async def _set_up(client: ReportingClient, identity: Identity, role: int, hardware: pb.Hardware, name: str,
@@ -150,7 +164,7 @@ async def _unless_stopped(coro: Coroutine[Any, Any, T], stop: asyncio.Event) -> 
 
 async def _work_once(client, seat: Seat, identity, role, hardware, name) -> None:
     """One unit of work, in the role the coordinator assigned last (a move happens only between
-    units). A refused call costs that unit only: the node says why and goes on."""
+    units). A refused call costs that unit only: the node says why and goes on (a ban stops it)."""
     try:
         await seat.switch()
         await seat.worker.step()
@@ -160,6 +174,8 @@ async def _work_once(client, seat: Seat, identity, role, hardware, name) -> None
         if reason == "unknown_node":  # the coordinator lost us (a fresh data dir): register again
             seat.assign((await _register(client, identity, role, hardware, name)).role)
             return
+        if reason == "banned":  # every later call would be refused too: stop (join)
+            raise
         if reason == "wrong_role":  # moved as it asked for work: a heartbeat's reply says to what
             log.info("work refused: %s", err.details())
             with contextlib.suppress(grpc.aio.AioRpcError):  # if it fails, the next periodic one tells

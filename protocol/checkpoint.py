@@ -3,15 +3,18 @@
 A version blob is one safetensors file: the LoRA adapter tensors under `adapter/` and the DiLoCo
 outer momentum under `outer_momentum/` (so a trainer that joins later computes the same next
 version). It is content-addressed by its sha256; the manifest binds version, parent and hash and is
-signed by the coordinator key, so a node can take the bytes from anyone and check them.
+signed by the coordinator key, so a node can take the bytes from anyone and check them. The manifest
+also lists the sha256 of every chunk_size piece of the blob, so a node fetching from several peers
+checks each piece as it arrives and knows which peer sent a bad one.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.numpy import load as load_numpy
 
 from .identity import Identity, verify
@@ -19,6 +22,7 @@ from .identity import Identity, verify
 ADAPTER_PREFIX = "adapter/"
 MOMENTUM_PREFIX = "outer_momentum/"
 BLOB_FORMAT = "potluck-lora-v1"
+CHUNK_SIZE = 1 << 20  # what the publisher cuts blobs into; nodes read it from each manifest
 
 
 class Manifest(BaseModel):
@@ -31,6 +35,21 @@ class Manifest(BaseModel):
     base_model: str
     format: str = BLOB_FORMAT
     created_ms: int
+    # Manifests signed before chunk hashes existed have none: their one chunk is the whole blob.
+    chunk_size: int = Field(0, ge=0)
+    chunks: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _chunks_cover_the_blob(self) -> Manifest:
+        if self.chunks and (self.chunk_size <= 0 or len(self.chunks) != math.ceil(self.size / self.chunk_size)):
+            raise ValueError(f"{len(self.chunks)} chunk hashes of {self.chunk_size} bytes do not cover {self.size} bytes")
+        return self
+
+    def chunk_plan(self) -> tuple[int, tuple[str, ...]]:
+        """(chunk size, sha256 of each chunk): the signed hashes every piece is checked against."""
+        if self.chunks:
+            return self.chunk_size, self.chunks
+        return max(self.size, 1), (self.sha256,)
 
 
 class ManifestError(ValueError):
@@ -39,6 +58,11 @@ class ManifestError(ValueError):
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def chunk_hashes(blob: bytes, chunk_size: int = CHUNK_SIZE) -> tuple[str, ...]:
+    view = memoryview(blob)
+    return tuple(sha256_hex(view[i:i + chunk_size]) for i in range(0, len(blob), chunk_size))
 
 
 def manifest_json(manifest: Manifest) -> str:

@@ -17,7 +17,7 @@ from protocol.v1 import admin_pb2 as apb
 from protocol.v1 import admin_pb2_grpc as apb_grpc
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
-from tests.procs import ROOT, Coordinator
+from tests.procs import ROOT, Coordinator, Proc, watch_until
 from tests.rpc import Node, SkewedClock, reason_of, refused
 
 TOKEN = "open-sesame-7f3a"
@@ -118,6 +118,27 @@ def test_ban_takes_back_leases_and_refuses_calls(coordinator, stub):
     with pytest.raises(grpc.RpcError) as info:
         admin(coordinator, "Ban", apb.BanBody(node_id="nobody"))
     assert reason_of(info.value) == "bad_node_id"
+
+
+def test_a_banned_node_process_stops(coordinator, tmp_path):
+    """A node banned while it works exits by itself with 2, says why, and calls nothing more (the ban
+    took its leases back)."""
+    node = Proc("banned", ["node", "join", "--coordinator", coordinator.address, "--role", "inference",
+                           "--join-token", TOKEN, "--home", str(tmp_path / "banned"), "--name", "banned",
+                           "--threads", "1"], tmp_path)
+    try:
+        snapshot = watch_until(coordinator.address, lambda s: any(
+            n.name == "banned" and n.rollouts_accepted > 0 for n in s.nodes), timeout=120)
+        node_id = next(n.node_id for n in snapshot.nodes if n.name == "banned")
+        admin(coordinator, "Ban", apb.BanBody(node_id=node_id, reason="test"))
+        assert node.popen.wait(timeout=60) == 2, node.log()
+    finally:
+        node.stop()
+    lines = node.log().splitlines()
+    assert "refused this node (banned)" in lines[-1] and node_id in lines[-1], node.log()
+    assert "retrying" not in node.log() and "could not return leases" not in node.log()
+    refusals = [json.loads(line) for line in coordinator.log().splitlines() if line.startswith("{")]
+    assert not [e for e in refusals if e.get("rpc") == "ReturnLeases" and e.get("reason") == "banned"]
 
 
 def test_admin_calls_need_the_admin_key(coordinator):
