@@ -24,6 +24,7 @@ from .client import CoordinatorClient, banned, error_reason
 from .hardware import MODEL_LOADING, pick_device, probe
 from .seat import Parts, Seat, role_name
 from .status import NodeStatus, Progress, ReportingClient
+from .seeding import VersionPlane
 from .versions import VersionLoader
 
 log = logging.getLogger("potluck.node")
@@ -111,6 +112,7 @@ async def join(address: str, role: str, device: str, home: Path, name: str,
             await _return_leases(client)
         await client.close()
         await seat.close()
+        await seat.parts.loader.plane.close()
     return 0
 
 
@@ -138,7 +140,10 @@ async def _set_up(client: ReportingClient, identity: Identity, role: int, hardwa
     model = await asyncio.to_thread(_load_model, config, device)
     tokenizer = await asyncio.to_thread(load_tokenizer, config.model.name)
     status.progress = None
-    loader = VersionLoader(client, reply.coordinator_public_key, home / "versions", model, status.fetching)
+    # Every node serves the versions it holds to the others (node/seeding.py); a trainer also
+    # all-reduces through the same hivemind peer.
+    plane = await VersionPlane.open(identity, home)
+    loader = VersionLoader(client, reply.coordinator_public_key, home / "versions", model, status.fetching, plane)
     seat = Seat(Parts(client, identity, home, config, tokenizer, loader), status)
     seat.assign(reply.role)
     await seat.switch()

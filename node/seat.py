@@ -17,7 +17,6 @@ from protocol.v1 import coordinator_pb2 as pb
 
 from .client import CoordinatorClient
 from .inference.worker import InferenceWorker
-from .p2p import PeerNode
 from .status import NodeStatus
 from .trainer.worker import TrainerWorker
 from .validator.worker import ValidatorWorker
@@ -78,9 +77,8 @@ class Seat:
     async def _make(self, role: int) -> Worker:
         p = self.parts
         if role == pb.ROLE_TRAINER:
-            # The trainer's hivemind peer, on the node's own key: round-mates all-reduce through it.
-            peer = await asyncio.to_thread(PeerNode, p.identity, p.home)
-            return TrainerWorker(p.client, p.loader, p.config, p.tokenizer.pad_token_id, peer)
+            # The node's hivemind peer (its p2p plane's, on the node key): round-mates all-reduce through it.
+            return TrainerWorker(p.client, p.loader, p.config, p.tokenizer.pad_token_id, p.loader.plane.peer)
         if role == pb.ROLE_VALIDATOR:
             return ValidatorWorker(p.client, p.loader, p.config, p.tokenizer)
         return InferenceWorker(p.client, p.loader, p.tokenizer,
@@ -88,5 +86,5 @@ class Seat:
 
     async def close(self) -> None:
         if isinstance(self.worker, TrainerWorker):
-            await asyncio.to_thread(self.worker.close)  # its hivemind peer and averager stop
+            await asyncio.to_thread(self.worker.close)  # its averager stops
         self.worker = None

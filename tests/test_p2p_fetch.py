@@ -3,6 +3,9 @@
 Prometheus counter says how many bytes it sent."""
 import asyncio
 import shutil
+import signal
+import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +19,7 @@ from protocol.checkpoint import sha256_hex
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 from protocol.v1 import p2p_pb2 as ppb
+from tests.procs import node, watch_until
 from tests.rpc import Node, refused
 
 RANK = 32  # a 6-chunk version 0
@@ -154,3 +158,41 @@ def test_the_tracker_refuses_bad_input_and_names_other_fetchers(swarm):
         assert named[b.identity.node_id] == [f"/ip4/127.0.0.1/tcp/4002/p2p/{b.identity.node_id}"]
         b.call("ReturnLeases", pb.ReturnLeasesBody(reason="node leaving"))  # a node that left is not named
         assert b.identity.node_id not in {p.node_id for p in find(a, [mine]).peers}
+
+
+def descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in map(int, (task / "children").read_text().split()):
+            found += [child, *descendants(child)]
+    return found
+
+
+def is_p2pd(pid: int) -> bool:
+    try:
+        return b"p2pd" in Path(f"/proc/{pid}/cmdline").read_bytes()  # a zombie's is empty
+    except FileNotFoundError:
+        return False
+
+
+def p2pd_of(pid: int) -> list[int]:
+    return [child for child in descendants(pid) if is_p2pd(child)]
+
+
+def test_an_inference_node_serves_through_its_plane_and_a_kill_leaves_no_daemon(swarm, tmp_path):
+    proc, _, _ = swarm
+    worker = node(proc.address, "inference", tmp_path / "inf", tmp_path)
+    try:
+        # a real `potluck node join`: its plane is up, it fetched version 0 through it, and says so
+        watch_until(proc.address, lambda snap: any(n.name == "inf" and n.HasField("holding_version")
+                                                   for n in snap.nodes), timeout=120)
+        daemons = p2pd_of(worker.popen.pid)
+        assert len(daemons) == 1, worker.log()
+        worker.popen.send_signal(signal.SIGKILL)
+        worker.popen.wait(10)
+        deadline = time.monotonic() + 20
+        while any(map(is_p2pd, daemons)):
+            assert time.monotonic() < deadline, "p2pd outlived its killed node"
+            time.sleep(0.1)
+    finally:
+        worker.stop()
