@@ -49,6 +49,7 @@ HAVE_FANOUT = 6  # peers asked per round (at random): a swarm's Have traffic gro
 GOLDEN = 0.6180339887498949  # spreads tracker positions 0, 1, 2, ... evenly over the chunks
 STALL_S = 5.0  # a chunk only a peer is fetching is taken from the coordinator after this long
 PEER_IN_FLIGHT = 2
+COORDINATOR_STREAMS = 4  # chunks in flight from the coordinator for a node without a p2p plane
 TOTAL_IN_FLIGHT = 8
 CALL_TIMEOUT_S = 15.0
 # (bytes held so far, total bytes): lets a view draw a download's progress bar.
@@ -212,13 +213,17 @@ class _Fetch:
             self.peers[name].in_flight += 1
             self._start(index, name, self._from_peer(index, name))
             wanted.discard(index)
-        if self.plane is not None and (self.tasks or not self._knows_all(now)):
-            return
         candidates = coordinator_candidates(wanted, live, self.waiting_since, now)
-        if candidates:
+        while candidates and self._may_ask_coordinator(now):
             index = coordinator_pick(candidates, self.blob.count, self.position)
+            candidates.remove(index)
             self.coordinator_at = now
             self._start(index, None, self._from_coordinator(index))
+
+    def _may_ask_coordinator(self, now: float) -> bool:
+        if self.plane is None:
+            return sum(name is None for _, name in self.tasks.values()) < COORDINATOR_STREAMS
+        return not self.tasks and self._knows_all(now)
 
     def _knows_all(self, now: float) -> bool:
         """Whether the last Have round to every peer began after the last coordinator chunk was
