@@ -6,8 +6,12 @@ the coordinator asks for, and lease -> generate (simulated by --work-seconds of 
     python -m bench.coordinator_load --nodes 200 --seconds 20   # a quick look
 
 Nodes join over --ramp-seconds (a swarm grows; it does not arrive in one instant), then latencies
-of every RPC are recorded for --seconds. The last stdout line is one JSON object: nodes,
-per_node_rpc_per_s, rpc_per_s, p50_ms, p99_ms, errors, and per-method figures.
+of every RPC are recorded for --seconds. Two arms, one after the other, each with a fresh
+coordinator: nodes that join as inference nodes, then the same swarm joining with `--role auto`,
+which the coordinator considers moving (coordinator/roles.py) on each heartbeat and lease once they
+have held their role [roles] hold_seconds. The last stdout line is one JSON object: the inference
+arm's nodes, per_node_rpc_per_s, rpc_per_s, p50_ms, p99_ms, errors and per-method figures, the
+auto arm's under "auto", and auto/inference ratios under "auto_over_inference".
 """
 from __future__ import annotations
 
@@ -45,7 +49,11 @@ embedded = false
 
 [limits]
 heartbeat_target_rps = {target}
+
+[roles]
+hold_seconds = {hold}
 """
+ARMS = {"inference": "ROLE_INFERENCE", "auto": "ROLE_UNSPECIFIED"}  # the role each arm's nodes join with
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -53,7 +61,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def _node(stub, pb, sign, identity, clock, work_s: float, measure_from: float, stop_at: float,
+async def _node(stub, pb, sign, identity, clock, role: int, work_s: float, measure_from: float, stop_at: float,
                 samples: dict, errors: dict) -> None:
     """One simulated node until stop_at; latencies (ms) of calls started after measure_from."""
     import grpc
@@ -73,7 +81,9 @@ async def _node(stub, pb, sign, identity, clock, work_s: float, measure_from: fl
                 if measure_from <= started < stop_at:
                     samples.setdefault(method, []).append((time.monotonic() - started) * 1000)
 
-    reply = await call("Register", pb.RegisterBody(public_key=identity.public_key, role=pb.ROLE_INFERENCE))
+    # No hardware reported: an auto node has no memory to train in, so it stays an inference node and
+    # every heartbeat and lease pays for the coordinator's look at the run's needs, never for a move.
+    reply = await call("Register", pb.RegisterBody(public_key=identity.public_key, role=role))
     if reply is None:
         return
     interval = reply.heartbeat_interval_ms / 1000
@@ -104,7 +114,7 @@ async def _node(stub, pb, sign, identity, clock, work_s: float, measure_from: fl
         await beat  # it ends by itself at stop_at; cancelling would cut a call short and count it an error
 
 
-async def _client(address: str, count: int, work_s: float, ramp_s: float, measure_from: float,
+async def _client(address: str, count: int, role: str, work_s: float, ramp_s: float, measure_from: float,
                   stop_at: float) -> dict:
     import grpc
 
@@ -120,23 +130,24 @@ async def _client(address: str, count: int, work_s: float, ramp_s: float, measur
         tasks = []
         for i in range(count):
             tasks.append(asyncio.create_task(_node(stub, pb, sign_request, Identity.generate(), NonceClock(),
-                                                   work_s, measure_from, stop_at, samples, errors)))
+                                                   pb.Role.Value(role), work_s, measure_from, stop_at, samples,
+                                                   errors)))
             await asyncio.sleep(ramp_s / count)
         await asyncio.gather(*tasks)
     return {"samples": samples, "errors": errors}
 
 
-def _client_process(address, count, work_s, ramp_s, measure_from_wall, stop_at_wall, queue) -> None:
+def _client_process(address, count, role, work_s, ramp_s, measure_from_wall, stop_at_wall, queue) -> None:
     # Wall-clock deadlines cross the process boundary; each process turns them into its own monotonic time.
     offset = time.monotonic() - time.time()
-    queue.put(asyncio.run(_client(address, count, work_s, ramp_s, measure_from_wall + offset,
+    queue.put(asyncio.run(_client(address, count, role, work_s, ramp_s, measure_from_wall + offset,
                                   stop_at_wall + offset)))
 
 
-def _start_coordinator(data: Path, target_rps: float) -> tuple[subprocess.Popen, str]:
+def _start_coordinator(data: Path, target_rps: float, hold_s: float) -> tuple[subprocess.Popen, str]:
     run = data / "run.toml"
     data.mkdir(parents=True, exist_ok=True)
-    run.write_text(RUN_FILE.format(target=target_rps))
+    run.write_text(RUN_FILE.format(target=target_rps, hold=hold_s))
     log = open(data / "coordinator.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "potluck", "coordinator", "serve", "--run", str(run),
                              "--listen", "127.0.0.1:0", "--data", str(data / "state")], cwd=ROOT,
@@ -156,28 +167,19 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", type=int, default=2000)
-    parser.add_argument("--procs", type=int, default=2, help="client processes")
-    parser.add_argument("--work-seconds", type=float, default=30.0,
-                        help="simulated generation time per shard (a GPU node on a 1-8B model: tens of s)")
-    parser.add_argument("--ramp-seconds", type=float, default=30.0)
-    parser.add_argument("--seconds", type=float, default=60.0, help="measured window after the ramp")
-    parser.add_argument("--heartbeat-target-rps", type=float, default=200.0)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-
+def _arm(args: argparse.Namespace, role: str) -> dict:
+    """One swarm joining with role against a fresh coordinator: its figures."""
     data = Path(tempfile.mkdtemp(prefix="potluck-load-"))
-    coordinator, address = _start_coordinator(data, args.heartbeat_target_rps)
+    coordinator, address = _start_coordinator(data, args.heartbeat_target_rps, args.hold_seconds)
     try:
         now = time.time()
         measure_from, stop_at = now + args.ramp_seconds + 5, now + args.ramp_seconds + 5 + args.seconds
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
         shares = [args.nodes // args.procs + (i < args.nodes % args.procs) for i in range(args.procs)]
-        clients = [ctx.Process(target=_client_process, args=(address, n, args.work_seconds, args.ramp_seconds,
-                                                            measure_from, stop_at, queue)) for n in shares]
+        clients = [ctx.Process(target=_client_process, args=(address, n, role, args.work_seconds,
+                                                            args.ramp_seconds, measure_from, stop_at, queue))
+                   for n in shares]
         for client in clients:
             client.start()
         while time.time() < measure_from:
@@ -217,9 +219,48 @@ def main() -> None:
                         "p99_ms": round(percentile(v, 0.99), 2)} for m, v in sorted(by_method.items())},
     }
     if not args.json:
+        print(f"{role} nodes:")
         for method, figures in summary["methods"].items():
             print(f"{method:>15}: {figures['calls']:7d} calls  p50 {figures['p50_ms']:7.2f} ms  "
                   f"p99 {figures['p99_ms']:7.2f} ms")
+    return summary
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=2000)
+    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument("--work-seconds", type=float, default=30.0,
+                        help="simulated generation time per shard (a GPU node on a 1-8B model: tens of s)")
+    parser.add_argument("--ramp-seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured window after the ramp")
+    parser.add_argument("--heartbeat-target-rps", type=float, default=200.0)
+    parser.add_argument("--hold-seconds", type=float, default=5.0,
+                        help="[roles] hold_seconds: shorter than the ramp, so auto nodes are past it when measured")
+    parser.add_argument("--arms", default="inference,auto", help=f"comma-separated, of {', '.join(ARMS)}")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    unknown = set(args.arms.split(",")) - set(ARMS)
+    if unknown:
+        parser.error(f"unknown arm(s): {', '.join(sorted(unknown))}")
+    arms = {arm: _arm(args, ARMS[arm]) for arm in args.arms.split(",")}
+    summary = dict(arms.get("inference", {}))
+    if "auto" in arms:
+        auto = arms["auto"]
+        summary["auto"] = auto
+        if "inference" in arms:
+            summary["auto_over_inference"] = {
+                key: _ratio(auto[key], summary[key])
+                for key in ("coordinator_cpu_fraction", "p50_ms", "p99_ms", "rpc_per_s")}
+            summary["auto_over_inference"].update({
+                f"{method}_p50_ms": _ratio(auto["methods"][method]["p50_ms"], summary["methods"][method]["p50_ms"])
+                for method in ("Heartbeat", "LeaseRollouts")
+                if method in auto["methods"] and method in summary["methods"]})
     print(json.dumps(summary))
 
 

@@ -19,6 +19,7 @@ from .store import now_ms
 
 log = logging.getLogger("potluck.coordinator")
 ONLINE_HEARTBEATS = 3  # a node silent for this many heartbeat intervals no longer counts
+ONLINE_MAX_AGE_S = 1.0  # who is online is read over all nodes at most this often (coordinator/online.py)
 
 
 def _online_since_ms(ctx: RunContext) -> int:
@@ -30,7 +31,7 @@ def _online_since_ms(ctx: RunContext) -> int:
 
 def run_needs(ctx: RunContext, node_id: str, credit: float) -> RunNeeds:
     # The node itself is not counted, so a trainer that rejoins gets its role back.
-    online = ctx.store.count_online_roles(_online_since_ms(ctx), excluding=node_id)
+    online = ctx.store.online_roles(lambda: _online_since_ms(ctx), ONLINE_MAX_AGE_S).counts_excluding(node_id)
     row = ctx.store.node(node_id)
     return RunNeeds(trainers_active=online.get(pb.ROLE_TRAINER, 0),
                     trainers_wanted=ctx.config.diloco.trainers_per_round,

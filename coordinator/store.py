@@ -12,11 +12,12 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from .migrate import add_missing_columns
+from .online import OnlineRoles
 
 log = logging.getLogger("potluck.coordinator")
 SCHEMA = """
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS leases (
     state TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS leases_by_state ON leases (state, kind);
 CREATE INDEX IF NOT EXISTS leases_by_deadline ON leases (state, deadline_ms);
+CREATE INDEX IF NOT EXISTS leases_by_node ON leases (node_id, state);
 CREATE TABLE IF NOT EXISTS groups (
     group_id INTEGER PRIMARY KEY AUTOINCREMENT, lease_id TEXT NOT NULL, node_id TEXT NOT NULL,
     version INTEGER NOT NULL, task_id INTEGER NOT NULL, prompt_ids BLOB NOT NULL,
@@ -146,6 +148,7 @@ class Store:
         for column in add_missing_columns(self.db, SCHEMA):
             log.info("data dir upgraded: added column %s", column)
         self.db.executescript(SCHEMA)
+        self._online = OnlineRoles({}, 0.0)  # online_roles' shared view (stale: read at first use)
 
     def close(self) -> None:
         self.db.close()
@@ -188,9 +191,11 @@ class Store:
             " last_seen_ms=excluded.last_seen_ms, state='registered', auto_role=excluded.auto_role,"
             " role_since_ms=CASE WHEN nodes.role=excluded.role THEN nodes.role_since_ms ELSE excluded.role_since_ms END",
             (node_id, public_key, name, role, hardware, t, t, int(auto_role), t))
+        self._online.set(node_id, role)
 
     def set_role(self, node_id: str, role: int) -> None:
         self.db.execute("UPDATE nodes SET role=?, role_since_ms=? WHERE node_id=?", (role, now_ms(), node_id))
+        self._online.set(node_id, role)
 
     def set_out_of_memory(self, node_id: str, max_prompts: int, training: bool) -> None:
         """After the node ran out of memory: its prompt cap per rollout lease (0: none), and whether it
@@ -198,12 +203,14 @@ class Store:
         self.db.execute("UPDATE nodes SET max_prompts=?, train_oom=MAX(train_oom, ?) WHERE node_id=?",
                         (max_prompts, int(training), node_id))
 
-    def count_online_roles(self, seen_since_ms: int, excluding: str) -> dict[int, int]:
-        """Nodes by role that have not left, are not quarantined and were seen since seen_since_ms."""
-        rows = self.db.execute("SELECT role, COUNT(*) FROM nodes WHERE state != 'left' AND quarantined = 0"
-                               " AND last_seen_ms >= ? AND node_id != ? GROUP BY role",
-                               (seen_since_ms, excluding)).fetchall()
-        return {row[0]: row[1] for row in rows}
+    def online_roles(self, seen_since_ms: Callable[[], int], max_age_s: float) -> OnlineRoles:
+        """The roles of the nodes that have not left, are not quarantined and were seen since
+        seen_since_ms(); read again once max_age_s old, registrations and moves kept in meanwhile."""
+        if self._online.stale:
+            rows = self.db.execute("SELECT node_id, role FROM nodes WHERE state != 'left' AND quarantined = 0"
+                                   " AND last_seen_ms >= ?", (seen_since_ms(),)).fetchall()
+            self._online = OnlineRoles({row[0]: row[1] for row in rows}, max_age_s)
+        return self._online
 
     def claim_nonce(self, node_id: str, nonce: int) -> bool:
         """Record nonce as the node's last one if it is greater than the last; False if not (a replay)."""

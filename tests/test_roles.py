@@ -3,6 +3,7 @@ real nodes moved between inference and trainer as the run's needs change (explic
 import asyncio
 import threading
 
+from coordinator.store import Store, now_ms
 from node.client import CoordinatorClient
 from protocol.channel import sync_channel
 from protocol.identity import Identity
@@ -42,6 +43,22 @@ def test_never_a_validator_and_memory_is_the_gpu_on_cuda():
     assert usable_memory(pb.Hardware(device="cpu", ram_bytes=3 * GIB)) == 3 * GIB  # free RAM not reported
     assert memory_needed(pb.ROLE_TRAINER, WEIGHTS) > memory_needed(pb.ROLE_INFERENCE, WEIGHTS)
     assert model_weight_bytes("potluck/tiny-arith") > 0 and model_weight_bytes("no/such-model") == 0
+
+
+def test_who_is_online_is_read_at_most_once_per_max_age_and_sees_registrations_and_moves_at_once(tmp_path):
+    store = Store(tmp_path / "state.sqlite")
+    for node_id, role in (("a", pb.ROLE_INFERENCE), ("b", pb.ROLE_TRAINER), ("v", pb.ROLE_VALIDATOR)):
+        store.upsert_node(node_id, b"key", node_id, role, b"")
+    assert store.online_roles(lambda: now_ms() + 60_000, 0.0).counts_excluding("a") == {}  # none seen since
+    online = store.online_roles(lambda: 0, 3600.0)  # the last view was 0 s old at most: read again
+    assert online.counts_excluding("a") == {pb.ROLE_INFERENCE: 0, pb.ROLE_TRAINER: 1, pb.ROLE_VALIDATOR: 1}
+    assert online.counts_excluding("b") == {pb.ROLE_INFERENCE: 1, pb.ROLE_TRAINER: 0, pb.ROLE_VALIDATOR: 1}
+    store.upsert_node("c", b"key", "c", pb.ROLE_TRAINER, b"")  # a registration counts at once
+    store.set_role("b", pb.ROLE_INFERENCE)  # and so does a move
+    shared = store.online_roles(lambda: now_ms() + 60_000, 3600.0)  # not read again: shared
+    assert shared is online
+    assert shared.counts_excluding("z") == {pb.ROLE_INFERENCE: 2, pb.ROLE_TRAINER: 1, pb.ROLE_VALIDATOR: 1}
+    store.close()
 
 
 RUN = """name = "roles"
