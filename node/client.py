@@ -28,10 +28,10 @@ def error_reason(err: grpc.aio.AioRpcError) -> str:
     return ""
 
 
-def banned(err: BaseException) -> bool:
+def banned(err: grpc.aio.AioRpcError) -> bool:
     """Whether the coordinator refused a call because the run's host banned this node: every later
     call would be refused the same way, so the node stops instead of retrying."""
-    return isinstance(err, grpc.aio.AioRpcError) and error_reason(err) == "banned"
+    return error_reason(err) == "banned"
 
 
 class CoordinatorClient:

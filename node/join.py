@@ -92,13 +92,12 @@ async def join(address: str, role: str, device: str, home: Path, name: str,
         await client.close()
         return 0
     seat, heartbeat_s = ready
-    heartbeat = asyncio.create_task(_heartbeats(client, seat, heartbeat_s))
-    heartbeat.add_done_callback(lambda task: task.cancelled() or stop.set())  # it ends by itself on a ban
+    heartbeat = asyncio.create_task(_heartbeats(client, seat, heartbeat_s))  # it ends by itself on a ban
     mirror = asyncio.create_task(_mirror(status, seat))
     was_banned = False
     try:
-        while not stop.is_set():
-            await _unless_stopped(_work_once(client, seat, identity, ROLES[role], hardware, name), stop)
+        while not stop.is_set() and not heartbeat.done():
+            await _unless_stopped(_work_once(client, seat, identity, ROLES[role], hardware, name), stop, heartbeat)
         if heartbeat.done():
             heartbeat.result()  # raises the ban it heard
     except grpc.aio.AioRpcError as err:  # a ban: node/cli.py says so and exits with 2
@@ -155,11 +154,13 @@ def _load_model(config: RunConfig, device: str):
         return load_policy(config, device)
 
 
-async def _unless_stopped(coro: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
-    """coro's result, or None if stop was set first (coro is then cancelled); its errors propagate."""
+async def _unless_stopped(coro: Coroutine[Any, Any, T], stop: asyncio.Event,
+                          ending: asyncio.Task | None = None) -> T | None:
+    """coro's result, or None if stop was set or ending ended first (coro is then cancelled); its
+    errors propagate."""
     task = asyncio.create_task(coro)
     stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait({task, stopping} | ({ending} if ending else set()), return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     if not task.done():
         task.cancel()
