@@ -46,8 +46,14 @@ def body_cap(method: str) -> int:
     return BODY_CAPS.get(method, DEFAULT_BODY_CAP)
 
 
-def check_body_size(method: str, body: bytes) -> None:
-    cap = body_cap(method)
+def training_body_cap(version_bytes: int) -> int:
+    """SubmitTraining carries a candidate version and a pseudo-gradient, each no larger than version 0
+    (same tensors): 16 MiB, or two versions' worth where versions are larger (full-parameter runs)."""
+    return max(BODY_CAPS["SubmitTraining"], 2 * version_bytes + MIB)
+
+
+def check_body_size(method: str, body: bytes, cap: int | None = None) -> None:
+    cap = cap or body_cap(method)
     if len(body) > cap:
         raise exhausted("too_large", f"{method} body is {len(body)} bytes; the limit is {cap}")
 

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import math
 
-from protocol.checkpoint import (ADAPTER_PREFIX, CHUNK_SIZE, Manifest, blob_layout, chunk_hashes, sha256_hex,
-                                 sign_manifest)
-from protocol.policy import decode_blob
+from protocol.checkpoint import (CHUNK_SIZE, PARAM_PREFIXES, Manifest, blob_format, blob_layout, chunk_hashes,
+                                 sha256_hex, sign_manifest)
+from protocol.policy import decode_blob, version_format
 from protocol.v1 import coordinator_pb2 as pb
 
 from .context import RunContext
 from .errors import invalid, not_found, precondition
 from .scheduler import expire_leases, held_lease
-from .screening import expected_version, norm, relative_error, screen
+from .direction import descent_slopes
+from .screening import direction_offenders, expected_version, norm, relative_error, screen
 from .store import now_ms
 
 NORM_HISTORY = 32  # accepted pseudo-gradient norms the relative cap looks back on
+LIVENESS_FLOOR_S = 15.0
 
 COORDINATOR_TRAINER = "coordinator"
 
@@ -31,7 +33,7 @@ def _publish(ctx: RunContext, version: int, parent: int | None, blob: bytes, tra
     """Inside a transaction: store the blob, sign its manifest, record the version."""
     digest = ctx.blobs.put(blob)
     manifest = Manifest(run=ctx.config.name, version=version, parent=parent, sha256=digest, size=len(blob),
-                        base_model=ctx.config.model.name, created_ms=now_ms(), chunk_size=CHUNK_SIZE,
+                        base_model=ctx.config.model.name, format=version_format(ctx.config), created_ms=now_ms(), chunk_size=CHUNK_SIZE,
                         chunks=chunk_hashes(blob, CHUNK_SIZE))
     text, signature = sign_manifest(ctx.identity, manifest)
     ctx.store.add_version(version, parent, digest, len(blob), text, signature, trainer, rollouts_used)
@@ -73,9 +75,10 @@ def submit_training(ctx: RunContext, node_id: str, body: pb.SubmitTrainingBody) 
     if len(body.blob) != report.size or sha256_hex(body.blob) != report.sha256:
         raise invalid("hash_mismatch", "the blob does not match the reported sha256 and size")
     parent = ctx.store.version(lease.version)
-    expected = blob_layout(ctx.blobs.read(parent["sha256"], 0, parent["size"]))
+    parent_blob = ctx.blobs.read(parent["sha256"], 0, parent["size"])
+    expected, trained = blob_layout(parent_blob), PARAM_PREFIXES[blob_format(parent_blob)]
     _check_layout(body.blob, expected, f"tensor names, shapes or dtypes differ from version {lease.version}")
-    _check_layout(body.pseudo_gradient, {k: v for k, v in expected.items() if k.startswith(ADAPTER_PREFIX)},
+    _check_layout(body.pseudo_gradient, {k: v for k, v in expected.items() if k.startswith(trained)},
                   "the pseudo-gradient's tensors differ from the adapter's")
     round_ = next(r for r in ctx.store.rounds(("training",)) if r["round_id"] == lease.spec["round_id"])
     members = {m["node_id"] for m in round_["members"]}
@@ -128,8 +131,11 @@ def settle_rounds(ctx: RunContext) -> None:
 
 def _settle(ctx: RunContext) -> int:
     """Inside a transaction. A round is decided once no member is still expected: every member has
-    submitted or lost its lease, or the results are in and no missing member took part in any of
-    their all-reduces (it died or came too late for matchmaking, so nobody waits for it)."""
+    submitted or lost its lease, or the results are in and no missing member holds the round. One
+    that took part in none of their all-reduces (it died, or came too late for matchmaking) holds
+    nothing; one that did holds it while it is online, for at most submit_grace_seconds after the
+    round's first result (it died, or hangs, between the all-reduce and its submission: the results
+    that averaged with it cannot be checked without it, so its shard and theirs go back to the pool)."""
     decided = 0
     for round_ in ctx.store.rounds(("training",)):
         results = ctx.store.round_results(round_["round_id"])
@@ -137,10 +143,24 @@ def _settle(ctx: RunContext) -> int:
         waiting = [m["node_id"] for m in round_["members"] if m["node_id"] not in done
                    and ctx.store.lease(m["lease_id"]).state == "active"]
         named = {peer for r in results for peer in r["averaged_with"]}
-        if not waiting or (results and not named & set(waiting)):
+        if not waiting or (results and not any(_holds_round(ctx, node, results[0]["created_ms"])
+                                               for node in named & set(waiting))):
             _decide(ctx, round_, results)
             decided += 1
     return decided
+
+
+def _holds_round(ctx: RunContext, node_id: str, first_result_ms: int) -> bool:
+    """Within the grace after the round's first result, and online: heard from within 3 heartbeat
+    intervals (stretched as the swarm grows, as nodes are told) and never less than
+    LIVENESS_FLOOR_S, since a busy trainer's heartbeats can lag a few short intervals."""
+    t, config = now_ms(), ctx.config
+    if t - first_result_ms > config.diloco.submit_grace_seconds * 1000:
+        return False
+    interval_s = max(config.heartbeat_seconds, ctx.store.count_nodes_not_left() / config.limits.heartbeat_target_rps)
+    row = ctx.store.node(node_id)
+    silent_ms = t - row["last_seen_ms"]
+    return row["state"] != "left" and silent_ms <= 1000 * max(LIVENESS_FLOOR_S, 3 * interval_s)
 
 
 def _tensors(ctx: RunContext, digest: str, size: int):
@@ -155,6 +175,10 @@ def _decide(ctx: RunContext, round_: dict, results: list[dict]) -> None:
     weights = {r["node_id"]: float(r["samples"]) for r in results}
 
     offenders = screen(deltas, weights, ctx.store.accepted_delta_norms(NORM_HISTORY), cfg)
+    if cfg.direction_check:
+        shards = {m["node_id"]: m["group_ids"] for m in round_["members"]}
+        offenders |= direction_offenders(descent_slopes(
+            ctx, parent_adapter, {n: d for n, d in deltas.items() if n not in offenders}, shards))
     if offenders:
         for r in results:
             ctx.store.set_verdict(round_id, r["node_id"], "rejected" if r["node_id"] in offenders else "discarded")
@@ -189,8 +213,9 @@ def _decide(ctx: RunContext, round_: dict, results: list[dict]) -> None:
         for group, nodes in agreeing.items():
             for node in nodes:
                 ctx.store.set_verdict(round_id, node, "no_quorum")
+        missing = sorted({p[-8:] for r in results for p in r["averaged_with"] if p not in deltas})
         _close_round(ctx, round_, results, "failed", [], f"no quorum: {0 if best is None else len(agreeing[best])} "
-                                                         f"agreeing of {need} needed")
+                     f"agreeing of {need} needed" + (f"; never submitted: {', '.join(missing)}" if missing else ""))
         return
     canonical = next(r for r in results if r["node_id"] == min(agreeing[best]))
     for group, nodes in agreeing.items():

@@ -109,16 +109,18 @@ def _seal(ctx: RunContext, round_: dict, asking: str) -> pb.TrainingLease:
     return _lease_message(ctx, round_, ctx.store.lease(mine["lease_id"]))
 
 
+def shard_samples(ctx: RunContext, group_ids: list[int]) -> list[pb.TrainingSample]:
+    return [pb.TrainingSample(rollout_id=s["rollout_id"], group_id=s["group_id"],
+                              prompt_ids=unpack_ints(s["prompt_ids"]), completion_ids=unpack_ints(s["completion_ids"]),
+                              logprobs=unpack_floats(s["logprobs"]), reward=s["reward"], version=s["version"])
+            for s in ctx.store.training_samples(group_ids)]
+
+
 def _lease_message(ctx: RunContext, round_: dict, lease: Lease) -> pb.TrainingLease:
     group_size = ctx.config.rollouts.group_size
-    samples = ctx.store.training_samples(lease.spec["group_ids"])
     return pb.TrainingLease(
         has_work=True, lease_id=lease.lease_id, parent_version=lease.version, deadline_ms=lease.deadline_ms,
         round_id=round_["round_id"], compression=ctx.config.diloco.compression,
         peers=[pb.RoundPeer(node_id=m["node_id"], maddrs=m["maddrs"], samples=len(m["group_ids"]) * group_size)
                for m in round_["members"]],
-        samples=[pb.TrainingSample(rollout_id=s["rollout_id"], group_id=s["group_id"],
-                                   prompt_ids=unpack_ints(s["prompt_ids"]),
-                                   completion_ids=unpack_ints(s["completion_ids"]),
-                                   logprobs=unpack_floats(s["logprobs"]), reward=s["reward"],
-                                   version=s["version"]) for s in samples])
+        samples=shard_samples(ctx, lease.spec["group_ids"]))

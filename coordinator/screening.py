@@ -4,9 +4,18 @@ Each trainer submits its candidate version and its own pseudo-gradient. The coor
 1. screens every pseudo-gradient: finite; norm under an absolute cap and under max_norm_ratio times
    the median of recently accepted ones; optionally (three or more trainers) a cosine with the
    other trainers' weighted mean of at least min_cosine. A pseudo-gradient scaled x100 or replaced
-   by noise fails the norm caps, and its trainer is the offender. A sign flip keeps the norm: the
-   caps bound its harm to one honest step, and the cosine floor catches it where shards agree.
-2. recomputes what each candidate should be: the outer step on the weighted mean of the submitted
+   by noise fails the norm caps, and its trainer is the offender.
+2. checks the direction of each that passed (direction_check): delta = theta - theta_local must be
+   a descent direction of its own trainer's GRPO loss on the shard it was leased, which the
+   coordinator holds: gradient . delta > 0 at the parent version (direction.py). A sign flip keeps
+   the norm, and shards of a GRPO batch give nearly orthogonal pseudo-gradients (cosine ~ -0.01
+   measured), so a flipped one agrees with the others' mean as well as an honest one does and no
+   cosine floor can tell them apart. The slope can: it is odd in delta, so of delta and -delta
+   exactly one passes unless it is zero, which only a shard without signal gives. Inner steps
+   on the shard from a fresh optimizer make it positive; a finite-step test (the loss at
+   theta -/+ delta) was not enough, because on small shards the steps overshoot and the
+   curvature terms swamp the first-order one.
+3. recomputes what each candidate should be: the outer step on the weighted mean of the submitted
    pseudo-gradients of the peers it says it averaged with. hivemind's compressed all-reduce gives
    every peer slightly different low bits, so a candidate agrees when its distance to that
    recomputation, relative to the size of the update, is within agreement_rtol.
@@ -55,6 +64,13 @@ def screen(deltas: dict[str, Tensors], weights: dict[str, float], history: list[
             if cosine < cfg.min_cosine:
                 offenders[node] = f"pseudo-gradient cosine {cosine:.3f} with the others' mean < {cfg.min_cosine}"
     return offenders
+
+
+def direction_offenders(slopes: dict[str, float]) -> dict[str, str]:
+    """node id -> why, for each pseudo-gradient that points uphill on its own shard; slopes[node] is
+    gradient . delta there. Zero (a shard without signal) passes."""
+    return {node: f"pseudo-gradient points uphill on its own shard (gradient . delta = {slope:.3g} < 0)"
+            for node, slope in slopes.items() if slope < 0}
 
 
 def expected_version(parent: Tensors, momentum: Tensors, deltas: list[Tensors], weights: list[float],

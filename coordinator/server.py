@@ -28,6 +28,7 @@ from .guard import DecodeGuard
 
 from .blobs import BlobStore
 from .context import RunContext
+from .limits import training_body_cap
 from .metrics import Metrics
 from .publisher import publish_initial
 from .scheduler import expire_leases
@@ -36,7 +37,7 @@ from .store import Store
 from .validator import EmbeddedValidator
 
 log = logging.getLogger("potluck.coordinator")
-MAX_MESSAGE_BYTES = 16 << 20
+MAX_MESSAGE_BYTES = 16 << 20  # raised to fit a submission where versions are larger (full-parameter runs)
 SWEEP_INTERVAL_S = 1.0
 CHECKPOINT_INTERVAL_S = 2.0
 ADDRESS_FILE = "coordinator.addr"
@@ -65,6 +66,11 @@ def open_run(config: RunConfig, data_dir: Path) -> RunContext:
     if store.current_version() < 0:
         publish_initial(ctx, initial_blob(config))
     return ctx
+
+
+def _message_cap(ctx: RunContext) -> int:
+    """Room for the largest signed SubmitTraining body (limits.py) and its envelope."""
+    return max(MAX_MESSAGE_BYTES, training_body_cap(ctx.store.version(0)["size"]) + (1 << 20))
 
 
 def _run_part(config: RunConfig) -> dict:
@@ -128,7 +134,7 @@ async def serve(config: RunConfig, listen: str, data_dir: Path, metrics_listen: 
         _write_address(data_dir / METRICS_ADDRESS_FILE, bound)
         log.info("Prometheus metrics on http://%s/metrics", bound)
     server = grpc.aio.server(interceptors=[DecodeGuard()],
-                             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                             options=[("grpc.max_receive_message_length", _message_cap(ctx)),
                                       ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     service = CoordinatorService(ctx, metrics)
     pb_grpc.add_CoordinatorServicer_to_server(service, server)

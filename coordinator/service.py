@@ -44,6 +44,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.streams = limits.StreamGate(ctx.config.limits.max_streams)
         self.tracker = Tracker(max(3 * ctx.config.heartbeat_seconds, 15.0))
         self._interval_ms, self._interval_until = 0, 0.0
+        self.training_cap = limits.training_body_cap(ctx.store.version(0)["size"])
 
     async def _run(self, context: grpc.aio.ServicerContext, method: str, handler, *args):
         """Answer with handler's reply, or with the status its RpcError names; a bug becomes
@@ -75,7 +76,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         row = self.ctx.store.node(node_id)
         if row is None and not register:
             raise precondition("unknown_node", f"node {node_id} is not registered; call Register first")
-        limits.check_body_size(method, request.body)
+        limits.check_body_size(method, request.body, self.training_cap if method == "SubmitTraining" else None)
         if not verify(key, signing_payload(method, node_id, request.nonce, request.body), request.signature):
             raise unauthenticated("bad_signature", f"signature does not verify for node {node_id}")
         if self.ctx.store.banned(node_id):

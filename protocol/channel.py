@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-MAX_SEND_BYTES = 16 << 20  # the coordinator's transport cap
+MAX_SEND_BYTES = 256 << 20  # the coordinator caps what it takes (16 MiB; 2 versions' worth in full mode)
 MAX_RECEIVE_BYTES = 64 << 20  # a Watch snapshot lists every node; a large swarm's exceeds 16 MiB
 FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
 FETCH_TIMEOUT_S = 10.0

@@ -58,6 +58,12 @@ class LoraConfig(_Strict):
                                        "down_proj")
 
 
+class TrainingConfig(_Strict):
+    """What trainers train: "lora" (the [lora] adapter; small versions, the default) or "full" (every
+    parameter of the model; versions as large as the model, plus its outer momentum)."""
+    mode: Literal["lora", "full"] = "lora"
+
+
 class GrpoConfig(_Strict):
     lr: float = Field(1e-3, gt=0, le=1.0)
     inner_steps: int = Field(2, ge=1, le=10000)  # H: local AdamW steps per outer step
@@ -94,6 +100,13 @@ class DilocoConfig(_Strict):
     max_delta_norm: float = Field(50.0, gt=0.0)
     max_norm_ratio: float = Field(8.0, gt=1.0)
     min_cosine: float = Field(-1.0, ge=-1.0, le=1.0)
+    # A member named in others' all-reduce that has not submitted stops holding the round once it is
+    # offline (no heartbeat for 3 intervals) or submit_grace_seconds after the round's first result.
+    submit_grace_seconds: float = Field(60.0, gt=0.0, le=86400)
+    # Each pseudo-gradient must lower its own trainer's GRPO loss on its own shard: the coordinator
+    # checks loss(theta - delta) < loss(theta + delta) (two forward passes per shard), which a sign
+    # flip of an honest pseudo-gradient fails by construction (screening.py).
+    direction_check: bool = True
 
     @model_validator(mode="after")
     def _min_fits(self) -> "DilocoConfig":
@@ -166,6 +179,7 @@ class RunConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     rollouts: RolloutConfig = RolloutConfig()
     lora: LoraConfig = LoraConfig()
+    training: TrainingConfig = TrainingConfig()
     grpo: GrpoConfig = GrpoConfig()
     diloco: DilocoConfig = DilocoConfig()
     eval: EvalConfig = EvalConfig()

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from protocol.v1 import coordinator_pb2 as pb
-
 from .grpo import group_advantages
+from .v1 import coordinator_pb2 as pb
 
 
 @dataclass

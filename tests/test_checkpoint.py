@@ -3,7 +3,8 @@ import pytest
 import torch
 from safetensors.numpy import save as save_numpy
 
-from protocol.checkpoint import Manifest, ManifestError, blob_layout, sha256_hex, sign_manifest, verify_manifest
+from protocol.checkpoint import (BLOB_FORMAT, FULL_BLOB_FORMAT, Manifest, ManifestError, blob_format, blob_layout,
+                                 sha256_hex, sign_manifest, verify_manifest)
 from protocol.identity import Identity
 from protocol.policy import decode_blob, encode_blob
 
@@ -20,13 +21,25 @@ def test_blob_round_trip_and_layout():
     assert len(layout) == 4
 
 
-@pytest.mark.parametrize("tensors, message", [
-    ({"adapter/w": np.array([1.0, np.nan], dtype=np.float32)}, "non-finite"),
-    ({"weights/w": np.zeros(2, dtype=np.float32)}, "unexpected tensor"),
+def test_full_weights_blob_has_its_own_format():
+    weights = {"model.embed_tokens.weight": torch.randn(5, 3)}
+    blob = encode_blob(weights, {k: torch.zeros_like(v) for k, v in weights.items()}, FULL_BLOB_FORMAT)
+    assert blob_format(blob) == FULL_BLOB_FORMAT and blob_format(encode_blob(weights)) == BLOB_FORMAT
+    assert blob_layout(blob) == {"weights/model.embed_tokens.weight": ("float32", (5, 3)),
+                                 "outer_momentum/model.embed_tokens.weight": ("float32", (5, 3))}
+    assert torch.equal(decode_blob(blob)[0]["model.embed_tokens.weight"], weights["model.embed_tokens.weight"])
+
+
+@pytest.mark.parametrize("tensors, fmt, message", [
+    ({"adapter/w": np.array([1.0, np.nan], dtype=np.float32)}, BLOB_FORMAT, "non-finite"),
+    ({"weights/w": np.zeros(2, dtype=np.float32)}, BLOB_FORMAT, "unexpected tensor"),
+    ({"adapter/w": np.zeros(2, dtype=np.float32)}, FULL_BLOB_FORMAT, "unexpected tensor"),
+    ({"adapter/w": np.zeros(2, dtype=np.float32)}, None, "unknown version blob format"),
+    ({"adapter/w": np.zeros(2, dtype=np.float32)}, "potluck-lora-v0", "unknown version blob format"),
 ])
-def test_unsound_blobs_are_refused(tensors, message):
+def test_unsound_blobs_are_refused(tensors, fmt, message):
     with pytest.raises(ValueError, match=message):
-        blob_layout(save_numpy(tensors))
+        blob_layout(save_numpy(tensors, metadata=None if fmt is None else {"format": fmt}))
     with pytest.raises(ValueError, match="not a safetensors"):
         blob_layout(b"\x00" * 64)
 

@@ -4,7 +4,7 @@ from pydantic import ValidationError
 from protocol.config import load_run_config, parse_run_config
 
 
-@pytest.mark.parametrize("preset", ["demo", "test"])
+@pytest.mark.parametrize("preset", ["demo", "test", "full"])
 def test_presets_load(preset):
     config = load_run_config(preset)
     assert config.rollouts.prompts_per_shard <= config.rollouts.batch_groups

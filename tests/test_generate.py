@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from node.inference.generate import generate
-from node.trainer.batch import build_batch, token_logprobs
 from protocol.config import load_run_config
 from protocol.envs import make_environment
 from protocol.policy import adapter_state, decode_blob, initial_blob, load_adapter_state, load_policy, load_tokenizer
+from protocol.train_batch import build_batch, token_logprobs
 from protocol.v1 import coordinator_pb2 as pb
 
 

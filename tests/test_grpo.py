@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from node.trainer.grpo import clipped_token_loss, group_advantages
+from protocol.grpo import clipped_token_loss, group_advantages
 from node.trainer.round import minibatches
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from node.trainer.grpo import clipped_token_loss
+from protocol.grpo import clipped_token_loss
 
 
 def test_extreme_ratios_are_masked_and_carry_no_gradient():

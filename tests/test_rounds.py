@@ -1,15 +1,21 @@
 """DiLoCo rounds across real trainer processes: real hivemind peers on loopback, a real coordinator.
 
 The faults come from the trainer's test hook POTLUCK_TEST_FAULT (node/trainer/faults.py): a
-tampered candidate, a crash mid-round, a pseudo-gradient scaled x100.
+tampered candidate, a crash mid-round, a pseudo-gradient scaled x100 or sign-flipped, a trainer
+stuck after its all-reduce (then killed with SIGKILL).
 """
+import json
 import math
 import os
+import signal
 import sqlite3
 
 from coordinator.screening import norm
+from protocol.checkpoint import FULL_BLOB_FORMAT, blob_layout
+from protocol.config import RunConfig
 from protocol.identity import Identity
-from protocol.policy import decode_blob
+from protocol.policy import decode_blob, load_policy
+from protocol.v1 import coordinator_pb2 as pb
 from tests.procs import Coordinator, Proc, node, running, watch_until
 from tests.test_swarm import fetch
 
@@ -23,10 +29,14 @@ prompts_per_shard = 4
 batch_groups = 6
 max_async_level = 1
 skip_zero_variance_groups = false
+[training]
+mode = "{mode}"
 [grpo]
+lr = {lr}
 inner_steps = 2
-lease_seconds = 60
+lease_seconds = {lease}
 [diloco]
+submit_grace_seconds = {grace}
 outer_lr = 0.7
 outer_momentum = 0.9
 trainers_per_round = {k}
@@ -40,9 +50,10 @@ keep_last = 1000
 """
 
 
-def run_file(tmp_path, k: int, codec: str, join: float) -> str:
+def run_file(tmp_path, k: int, codec: str, join: float, mode: str = "lora", lr: float = 1e-3, lease: float = 60,
+             grace: float = 60) -> str:
     path = tmp_path / "run.toml"
-    path.write_text(RUN.format(k=k, codec=codec, join=join))
+    path.write_text(RUN.format(k=k, codec=codec, join=join, mode=mode, lr=lr, lease=lease, grace=grace))
     return str(path)
 
 
@@ -63,7 +74,7 @@ def results(data) -> list[sqlite3.Row]:
     db = sqlite3.connect(f"file:{data / 'state.sqlite'}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
     try:
-        return db.execute("SELECT r.round_id, r.version, r.state, r.members, x.node_id, x.verdict"
+        return db.execute("SELECT r.round_id, r.version, r.state, r.members, x.node_id, x.verdict, x.averaged_with"
                           " FROM rounds r LEFT JOIN round_results x USING (round_id) ORDER BY r.created_ms").fetchall()
     finally:
         db.close()
@@ -138,3 +149,74 @@ def test_late_joiner_agrees_and_a_poisoned_pseudo_gradient_is_refused(tmp_path):
         # (v1 too started a fresh inner optimizer, as the honest trainer does after a refused round)
         sizes = [update_norm(coordinator.address, v) for v in range(1, 6)]
         assert all(math.isfinite(s) for s in sizes) and sizes[-1] < 2 * max(sizes[:-1])
+
+
+def events(data, kind: str) -> list[str]:
+    db = sqlite3.connect(f"file:{data / 'state.sqlite'}?mode=ro", uri=True)
+    try:
+        return [row[0] for row in db.execute("SELECT text FROM events WHERE kind=? ORDER BY id", (kind,))]
+    finally:
+        db.close()
+
+
+def test_full_parameter_rounds_publish_whole_models_and_refuse_a_sign_flip(tmp_path):
+    data = tmp_path / "coordinator"
+    coordinator = Coordinator(run_file(tmp_path, 2, "fp16", 8.0, mode="full", lr=1e-4), data, tmp_path)
+    honest, honest_id = trainer(coordinator.address, tmp_path / "honest", tmp_path)
+    flipper, flipper_id = trainer(coordinator.address, tmp_path / "flipper", tmp_path, "signflip@2")
+    inference = node(coordinator.address, "inference", tmp_path / "inf", tmp_path)
+    with running(coordinator, honest, flipper, inference):
+        def refused_then_redone_and_loaded(snapshot) -> bool:
+            rounds = rounds_by_state(data).values()
+            return any(r["state"] == "rejected" for r in rounds) and snapshot.current_version >= 3 and any(
+                n.role == pb.ROLE_INFERENCE and n.holding_version >= 2 for n in snapshot.nodes)
+
+        watch_until(coordinator.address, refused_then_redone_and_loaded, 300)
+        rounds = list(rounds_by_state(data).values())
+        # both trained v0 and v1 together; the sign-flipped pseudo-gradient on v2 points uphill on
+        # its own shard: refused by the direction check, its trainer excluded, v2 redone without it
+        assert all(set(r["verdicts"].values()) == {"agreed"} for r in rounds if r["version"] < 2)
+        refused = [r for r in rounds if r["state"] == "rejected"]
+        assert len(refused) == 1 and refused[0]["version"] == 2
+        assert refused[0]["verdicts"][flipper_id] == "rejected" and refused[0]["verdicts"][honest_id] == "discarded"
+        assert any("points uphill on its own shard" in e and flipper_id[-8:] in e for e in events(data, "reject"))
+        # every version is the whole model: each parameter once under weights/, with its momentum
+        params = {k: tuple(p.shape) for k, p in load_policy(RunConfig(training={"mode": "full"})).named_parameters()}
+        n_params = sum(math.prod(s) for s in params.values())
+        for version in range(4):
+            manifest, blob = fetch(coordinator.address, version)
+            assert json.loads(manifest.manifest_json)["format"] == FULL_BLOB_FORMAT
+            layout = blob_layout(blob)
+            assert {k: s for k, (_, s) in layout.items() if k.startswith("weights/")} == {
+                f"weights/{k}": s for k, s in params.items()}
+            assert sum(math.prod(s) for _, s in layout.values()) == 2 * n_params
+            assert 8 * n_params < len(blob) < 8 * n_params + 64 * 1024  # float32 tensors + the header
+        assert update_norm(coordinator.address, 3) > 0
+
+
+def test_a_trainer_stuck_after_averaging_holds_the_round_until_it_is_killed(tmp_path):
+    data = tmp_path / "coordinator"
+    # leases and the submit grace are long: only the stuck trainer going offline can close its round
+    coordinator = Coordinator(run_file(tmp_path, 2, "fp16", 8.0, lease=600, grace=600), data, tmp_path)
+    steady, steady_id = trainer(coordinator.address, tmp_path / "steady", tmp_path)
+    stuck, stuck_id = trainer(coordinator.address, tmp_path / "stuck", tmp_path, "hang@1")
+    inference = node(coordinator.address, "inference", tmp_path / "inf", tmp_path)
+    with running(coordinator, steady, stuck, inference):
+        def steady_submitted_after_averaging_with_the_stuck_one(_snapshot) -> bool:
+            return any(row["version"] == 1 and row["node_id"] == steady_id
+                       and stuck_id in json.loads(row["averaged_with"]) for row in results(data))
+
+        watch_until(coordinator.address, steady_submitted_after_averaging_with_the_stuck_one, 300)
+        held = [r for r in rounds_by_state(data).values() if r["version"] == 1]
+        # the stuck trainer still heartbeats: its round waits for it (it may yet submit)
+        assert [r["state"] for r in held] == ["training"] and stuck.popen.poll() is None
+        stuck.popen.send_signal(signal.SIGKILL)
+        assert stuck.popen.wait(30) == -signal.SIGKILL
+        watch_until(coordinator.address, lambda s: s.current_version >= 2, 300)
+        closed = next(r for r in rounds_by_state(data).values() if r["version"] == 1 and stuck_id in r["members"])
+        # closed once the killed trainer went offline, long before its 600 s lease; the result that
+        # averaged with it cannot be checked without its pseudo-gradient, so the shards went back
+        # to the pool and the steady trainer made v2 from them
+        assert closed["state"] == "failed" and closed["verdicts"] == {steady_id: "unverifiable"}
+        assert any(r["state"] == "published" and r["version"] == 1 and set(r["verdicts"]) == {steady_id}
+                   for r in rounds_by_state(data).values())

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from coordinator.screening import expected_version, norm, relative_error, screen
+from coordinator.screening import direction_offenders, expected_version, norm, relative_error, screen
 from protocol.config import DilocoConfig
 from protocol.diloco import outer_step
 
@@ -83,3 +83,9 @@ def test_expected_version_is_the_outer_step_on_the_weighted_mean():
     tampered = {k: v + torch.randn_like(v) for k, v in adapter.items()}
     assert relative_error(tampered, adapter, step) > CFG.agreement_rtol
     assert relative_error({"a": adapter["a"]}, adapter, step) == math.inf
+
+
+def test_direction_check_refuses_exactly_one_of_a_pseudo_gradient_and_its_sign_flip():
+    slopes = {"downhill": 0.3, "uphill": -0.3, "no_signal": 0.0}  # gradient . delta; a sign flip negates it
+    assert set(direction_offenders(slopes)) == {"uphill"}
+    assert set(direction_offenders({n: -s for n, s in slopes.items()})) == {"downhill"}

@@ -5,12 +5,15 @@ failing machine would, so tests can check with real processes that the swarm cop
       scale100 | random | signflip   its pseudo-gradient is poisoned, both in the all-reduce and
                                      as submitted to the coordinator;
       candidate                      an honest all-reduce, then a tampered candidate version;
-      crash                          the process dies after its inner steps, before the all-reduce.
+      crash                          the process dies after its inner steps, before the all-reduce;
+      hang                           right after the all-reduce the trainer stops: it never submits,
+                                     but stays online (heartbeats go on) until it is killed.
 
 It is read here and nowhere else; unset, it does nothing.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -29,9 +32,18 @@ def fault_mode(parent_version: int) -> str:
         return ""
     log.warning("TEST HOOK %s=%s on version %d", ENV, mode, parent_version)
     if mode == "crash":
-        logging.shutdown()
-        os._exit(1)
+        die()
     return mode
+
+
+def die() -> None:
+    """As a kill -9 would: no cleanup, no goodbye to the coordinator or the round-mates."""
+    logging.shutdown()
+    os._exit(1)
+
+
+async def hang() -> None:
+    await asyncio.Event().wait()
 
 
 def poison(tensors: Tensors, mode: str) -> Tensors:

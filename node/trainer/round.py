@@ -12,11 +12,10 @@ import torch
 
 from protocol.config import RunConfig
 from protocol.diloco import Tensors, outer_step, pseudo_gradient
+from protocol.grpo import clipped_token_loss
 from protocol.policy import adapter_state, load_adapter_state
+from protocol.train_batch import build_batch, token_logprobs
 from protocol.v1 import coordinator_pb2 as pb
-
-from .batch import build_batch, token_logprobs
-from .grpo import clipped_token_loss
 
 
 @dataclass
@@ -39,6 +38,15 @@ def minibatches(n_groups: int, group_size: int, steps: int) -> list[torch.Tensor
 
 def trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def inner_optimizer(model, config: RunConfig) -> torch.optim.Optimizer:
+    """A fresh AdamW for every round, so a pseudo-gradient depends on its version and its shard
+    alone: it points downhill on that shard, which the coordinator checks (screening.py), and a
+    trainer that joins late computes as one that trained every round would. Carried over, the
+    first moment from earlier rounds' shards outweighed a small H's own steps and honest
+    pseudo-gradients failed that check."""
+    return torch.optim.AdamW(trainable(model), lr=config.grpo.lr, weight_decay=config.grpo.weight_decay)
 
 
 def inner_steps(model, samples: list[pb.TrainingSample], config: RunConfig, optimizer: torch.optim.Optimizer,

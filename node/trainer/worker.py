@@ -8,11 +8,9 @@ import asyncio
 import logging
 import time
 
-import torch
-
 from protocol.checkpoint import sha256_hex
 from protocol.config import RunConfig
-from protocol.policy import encode_blob
+from protocol.policy import encode_blob, version_format
 from protocol.v1 import coordinator_pb2 as pb
 
 from ..client import CoordinatorClient
@@ -20,8 +18,8 @@ from ..inference.worker import Throughput
 from ..p2p import PeerNode
 from ..versions import VersionLoader
 from .averaging import RoundAverager
-from .faults import POISONS, fault_mode, poison
-from .round import apply_outer, inner_steps, trainable
+from .faults import POISONS, fault_mode, hang, poison
+from .round import apply_outer, inner_optimizer, inner_steps
 
 log = logging.getLogger("potluck.node")
 
@@ -34,16 +32,6 @@ class TrainerWorker:
         self.throughput = Throughput()
         self.state = "idle"
         self.busy_seconds = 0.0  # computing (inner steps, outer step), for utilization
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._produced: int | None = None  # the version this trainer's last round was to make
-
-    def _inner_optimizer(self, parent: int) -> torch.optim.Optimizer:
-        """Inner AdamW state carries over between rounds while this trainer trains consecutive
-        versions (as DiLoCo keeps it); otherwise it starts fresh."""
-        if self._optimizer is None or self._produced != parent:
-            self._optimizer = torch.optim.AdamW(trainable(self.loader.model), lr=self.config.grpo.lr,
-                                                weight_decay=self.config.grpo.weight_decay)
-        return self._optimizer
 
     async def step(self) -> None:
         lease = await self.client.call("LeaseTraining", pb.LeaseTrainingBody(p2p_maddrs=self.peer.maddrs))
@@ -55,9 +43,8 @@ class TrainerWorker:
         await self.loader.ensure(lease.parent_version)
         self.state = "training"
         started = time.perf_counter()
-        optimizer = self._inner_optimizer(lease.parent_version)
         inner = await asyncio.to_thread(inner_steps, self.loader.model, list(lease.samples), self.config,
-                                        optimizer, self.pad_id)
+                                        inner_optimizer(self.loader.model, self.config), self.pad_id)
         computed = time.perf_counter() - started
         mode = fault_mode(lease.parent_version)
         delta = poison(inner.delta, mode) if mode in POISONS else inner.delta
@@ -69,11 +56,14 @@ class TrainerWorker:
             await asyncio.to_thread(self.peer.connect, [m for p in others for m in p.maddrs])
             self.averager.open(lease.round_id, delta, len(lease.peers), lease.compression)
             averaged, group = await asyncio.to_thread(self.averager.average, delta, float(inner.samples))
+        if mode == "hang":
+            await hang()
         adapter, momentum = apply_outer(self.loader.model, inner.start, averaged, self.loader.momentum, self.config)
         if mode == "candidate":
             adapter = poison(adapter, mode)
         self.loader.version = None  # the model now holds a candidate, not a published version
-        blob = encode_blob(adapter, momentum)
+        fmt = version_format(self.config)
+        blob = encode_blob(adapter, momentum, fmt)
         seconds = time.perf_counter() - started
         self.busy_seconds += computed
         self.throughput.tokens += sum(len(s.completion_ids) for s in lease.samples)
@@ -81,11 +71,10 @@ class TrainerWorker:
         self.state = "submitting"
         reply = await self.client.call("SubmitTraining", pb.SubmitTrainingBody(
             lease_id=lease.lease_id, blob=blob, train_seconds=seconds, mean_loss=inner.mean_loss,
-            samples_used=inner.samples, pseudo_gradient=encode_blob(delta), averaged_with=group,
+            samples_used=inner.samples, pseudo_gradient=encode_blob(delta, fmt=fmt), averaged_with=group,
             report=pb.VersionReport(parent_version=lease.parent_version, sha256=sha256_hex(blob), size=len(blob))))
         if reply.round_state == "published" and reply.published_sha256 == sha256_hex(blob):
             self.loader.version, self.loader.momentum = reply.published_version, momentum
-        self._produced = lease.parent_version + 1
         log.info("round %s: trained v%d on %d samples with %d peer(s) in %.2fs (loss %.4f, clipped %.3f, "
                  "masked %.3f): %s%s; credit %.0f", lease.round_id[:8], lease.parent_version, inner.samples,
                  len(group) - 1, seconds, inner.mean_loss, inner.clip_fraction, inner.masked_fraction,
