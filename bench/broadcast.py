@@ -13,7 +13,9 @@ real fetcher (node/fetcher.py) together. Reported per N:
 - seconds_until_all_hold: from the common start until the last node holds the verified blob;
 - all_verified: every node's cached blob hashes to the manifest's sha256 (each chunk was checked
   against the signed manifest as it arrived, the whole blob at the end);
-- chunks_from_peers / chunks_from_coordinator, summed over the nodes.
+- chunks_from_peers / chunks_from_coordinator, summed over the nodes;
+- coordinator_only_*: the same two figures when the same nodes then fetch the version again
+  without their planes (every chunk from the coordinator, as before this tracker), side by side.
 
 The N nodes are asyncio tasks of this one process: each has its own daemon and key and talks to
 the others only over libp2p, but they share one Python event loop. N separate node processes
@@ -94,9 +96,8 @@ async def broadcast(n: int, rank: int, root: Path) -> dict:
     proc, metrics, key = start_coordinator(data, rank, root)
     nodes: list[tuple[CoordinatorClient, VersionPlane]] = []
     try:
-        for i in range(0, n, 4):  # planes start a few at a time: each forks a DHT and starts a daemon
-            nodes += await asyncio.gather(*(join_node(proc.address, root / f"n{n}-node{j}")
-                                            for j in range(i, min(n, i + 4))))
+        for i in range(n):
+            nodes.append(await join_node(proc.address, root / f"n{n}-node{i}"))
         manifest = await fetch_manifest(nodes[0][0], key, 0)
         before = served_bytes(metrics)
         stats = [FetchStats() for _ in nodes]
@@ -109,6 +110,15 @@ async def broadcast(n: int, rank: int, root: Path) -> dict:
 
         finished = await asyncio.gather(*(fetch(i) for i in range(n)))
         egress = served_bytes(metrics) - before
+
+        before, started = served_bytes(metrics), time.perf_counter()
+
+        async def direct(i: int) -> float:
+            await fetch_blob(nodes[i][0], manifest, root / f"n{n}-node{i}" / "direct")
+            return time.perf_counter() - started
+
+        direct_finished = await asyncio.gather(*(direct(i) for i in range(n)))
+        direct_egress = served_bytes(metrics) - before
         verified = all(sha256_hex((root / f"n{n}-node{i}" / "versions" / manifest.sha256).read_bytes())
                        == manifest.sha256 for i in range(n))
         result = {
@@ -119,6 +129,8 @@ async def broadcast(n: int, rank: int, root: Path) -> dict:
             "chunks_from_peers": sum(sum(s.from_peers.values()) for s in stats),
             "chunks_from_coordinator": sum(s.from_coordinator for s in stats),
             "bad_peers": sum(len(s.bad_peers) for s in stats),
+            "coordinator_only_egress_copies": round(direct_egress / manifest.size, 3),
+            "coordinator_only_seconds_until_all_hold": round(max(direct_finished), 3),
         }
         print(f"N={n}: {result}", file=sys.stderr)
         return result | {"version_bytes": manifest.size, "chunks": len(manifest.chunks),

@@ -47,6 +47,7 @@ HAVE_S = 0.5  # Have rounds while chunks are in flight
 HAVE_IDLE_S = 0.1  # ... and while none is
 HAVE_FANOUT = 6  # peers asked per round (at random): a swarm's Have traffic grows with N, not N^2
 GOLDEN = 0.6180339887498949  # spreads tracker positions 0, 1, 2, ... evenly over the chunks
+HOLD_OFF_S = 0.3  # with peers about, a coordinator chunk waits a random part of this
 STALL_S = 5.0  # a chunk only a peer is fetching is taken from the coordinator after this long
 PEER_IN_FLIGHT = 2
 COORDINATOR_STREAMS = 4  # chunks in flight from the coordinator for a node without a p2p plane
@@ -94,10 +95,9 @@ def plan_peer_requests(wanted: set[int], peers: dict[str, Peer], limit: int,
     return picks
 
 
-def coordinator_pick(candidates: list[int], count: int, position: float) -> int:
-    """The candidate at or after this node's starting place (wrapping around)."""
-    start = int((position * GOLDEN) % 1.0 * count)
-    return min(candidates, key=lambda i: (i - start) % count)
+def coordinator_pick(candidates: list[int], position: float) -> int:
+    """The candidate at this node's place among them: nodes deciding at once pick apart."""
+    return candidates[int((position * GOLDEN) % 1.0 * len(candidates))]
 
 
 def coordinator_candidates(wanted: set[int], peers: dict[str, Peer], waiting_since: dict[int, float],
@@ -167,10 +167,12 @@ class _Fetch:
         self.waiting_since: dict[int, float] = {}
         self.rng = random.Random()
         self.position = self.rng.random() / GOLDEN  # a random start until the tracker gives a place
-        # When the last Have round to every peer began and ended, and when the last coordinator
-        # chunk was asked for (see _knows_all).
+        # When the last Have round to every peer began and ended; when this idle node may decide on
+        # a coordinator chunk (None: not idle with such chunks in view); whether it wants a full round.
         self.full_have_at = self.full_have_done = -1.0
-        self.coordinator_at = 0.0
+        self.decide_at: float | None = None
+        self.want_full = False
+        self.found = False  # the tracker has answered (and the peers it named are dialled) once
 
     async def run(self) -> None:
         self._report()
@@ -185,8 +187,7 @@ class _Fetch:
                         background.add(asyncio.create_task(self._find()))
                         next_find = now + (REFRESH_S if self.peers else REFRESH_ALONE_S)
                     elif now >= next_have:
-                        background.add(asyncio.create_task(self._ask_have(full=not self.tasks and
-                                                                          not self._knows_all(now))))
+                        background.add(asyncio.create_task(self._ask_have(full=self.want_full)))
                         last_have = now
                 self._schedule(now)
                 pending = {*self.tasks, *background}
@@ -214,22 +215,31 @@ class _Fetch:
             self._start(index, name, self._from_peer(index, name))
             wanted.discard(index)
         candidates = coordinator_candidates(wanted, live, self.waiting_since, now)
-        while candidates and self._may_ask_coordinator(now):
-            index = coordinator_pick(candidates, self.blob.count, self.position)
+        self.want_full = False
+        if not candidates:
+            self.decide_at = None
+        while candidates and self._may_ask_coordinator(now, bool(live)):
+            index = coordinator_pick(candidates, self.position)
             candidates.remove(index)
-            self.coordinator_at = now
+            self.decide_at = None
             self._start(index, None, self._from_coordinator(index))
 
-    def _may_ask_coordinator(self, now: float) -> bool:
+    def _may_ask_coordinator(self, now: float, peers_about: bool) -> bool:
+        """Without a plane: a few chunks at a time. With one: only once the tracker has answered,
+        only while idle, after a random hold-off (idle peers that see the same missing chunks would otherwise all ask at once),
+        and once a Have round to every peer, begun after the hold-off and at most HAVE_S old,
+        says that none holds or fetches the chunk."""
         if self.plane is None:
             return sum(name is None for _, name in self.tasks.values()) < COORDINATOR_STREAMS
-        return not self.tasks and self._knows_all(now)
-
-    def _knows_all(self, now: float) -> bool:
-        """Whether the last Have round to every peer began after the last coordinator chunk was
-        asked for and ended at most HAVE_S ago: the coordinator is asked only while this node is
-        idle and knows that no peer holds or fetches the chunk."""
-        return self.full_have_at > self.coordinator_at and now - self.full_have_done <= HAVE_S
+        if self.tasks:
+            self.decide_at = None
+            return False
+        if self.decide_at is None:
+            self.decide_at = now + (self.rng.uniform(0, HOLD_OFF_S) if peers_about else 0.0)
+        fresh = self.found and (not peers_about or (self.full_have_at >= self.decide_at and
+                                                    now - self.full_have_done <= HAVE_S))
+        self.want_full = not fresh and now >= self.decide_at
+        return fresh
 
     def _start(self, index: int, name: str | None, coro) -> None:
         self.blob.fetching.add(index)
@@ -293,6 +303,7 @@ class _Fetch:
     async def _find(self) -> None:
         reply = await _announce(self.client, self.plane, self.manifest.version, holding=False)
         if reply is None:
+            self.found = True  # no tracker to wait for: the coordinator it is
             return
         self.position = reply.position
         for found in reply.peers:
@@ -300,6 +311,7 @@ class _Fetch:
                     and found.node_id != self.plane.node_id:
                 self.peers[found.node_id] = Peer(list(found.maddrs))
         await asyncio.gather(*(self._connect(name) for name, peer in self.peers.items() if not peer.connected))
+        self.found = True
 
     async def _connect(self, name: str) -> None:
         peer = self.peers[name]

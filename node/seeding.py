@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 
 from hivemind.p2p import P2P, P2PContext
@@ -29,6 +30,9 @@ log = logging.getLogger("potluck.node")
 HAVE, CHUNK = "potluck.v1.Have", "potluck.v1.Chunk"
 # hivemind's persistent connection carries messages up to 4 MiB: one chunk and its envelope.
 MAX_SERVED_CHUNK = (4 << 20) - (64 << 10)
+# Starting a peer forks hivemind's DHT process. Nodes sharing a process (the demo, the bench) start
+# theirs from worker threads; concurrent starts hung once in a bench run, so they take turns.
+_FORKING = threading.Lock()
 
 
 class SeedingError(ValueError):
@@ -89,6 +93,11 @@ class Seeder:
         return ppb.ChunkReply(data=blob.read(request.index))
 
 
+def _start_peer(identity: Identity, home: Path, listen: tuple[str, ...]) -> PeerNode:
+    with _FORKING:
+        return PeerNode(identity, home, listen)
+
+
 class VersionPlane:
     """A node's p2p side: its hivemind peer, a P2P client on the peer's daemon, and the seeder."""
 
@@ -98,7 +107,7 @@ class VersionPlane:
 
     @classmethod
     async def open(cls, identity: Identity, home: Path, listen: tuple[str, ...] = (LOOPBACK,)) -> VersionPlane:
-        peer = await asyncio.to_thread(PeerNode, identity, home, listen)
+        peer = await asyncio.to_thread(_start_peer, identity, home, listen)
         try:
             p2p = await peer.dht.replicate_p2p()
             seeder = Seeder(p2p)
