@@ -1,4 +1,5 @@
 """A data dir from an older potluck opens: missing columns are added with their defaults, rows kept."""
+import re
 import sqlite3
 
 import pytest
@@ -6,8 +7,16 @@ import pytest
 from coordinator.migrate import SchemaError, add_missing_columns
 from coordinator.store import SCHEMA, Store
 
-OLD_NODES = SCHEMA.replace(", holding_version INTEGER);", ");")
-OLD_SCHEMA = OLD_NODES.replace(",\n    proofs BLOB NOT NULL DEFAULT x''", "")
+# The nodes table as an older potluck made it, before holding_version and the role columns.
+OLD_NODES_TABLE = """CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY, public_key BLOB NOT NULL, name TEXT NOT NULL, role INTEGER NOT NULL,
+    hardware BLOB NOT NULL, registered_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+    last_nonce INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'registered',
+    tokens_per_s REAL NOT NULL DEFAULT 0, credit REAL NOT NULL DEFAULT 0,
+    rollouts_accepted INTEGER NOT NULL DEFAULT 0, rollouts_rejected INTEGER NOT NULL DEFAULT 0,
+    tokens_generated INTEGER NOT NULL DEFAULT 0);"""
+OLD_SCHEMA = re.sub(r"CREATE TABLE IF NOT EXISTS nodes \(.*?\);", lambda _: OLD_NODES_TABLE, SCHEMA, count=1,
+                    flags=re.DOTALL).replace(",\n    proofs BLOB NOT NULL DEFAULT x''", "")
 
 
 def make_old_data_dir(path, schema: str) -> None:
@@ -23,12 +32,12 @@ def make_old_data_dir(path, schema: str) -> None:
 
 
 def test_an_older_data_dir_gains_the_new_columns_and_keeps_its_rows(tmp_path):
-    assert OLD_SCHEMA != SCHEMA and "holding_version" not in OLD_SCHEMA and "proofs BLOB" not in OLD_SCHEMA
+    assert "holding_version" not in OLD_SCHEMA and "quarantined" not in OLD_SCHEMA and "proofs BLOB" not in OLD_SCHEMA
     make_old_data_dir(tmp_path / "coordinator.db", OLD_SCHEMA)
     store = Store(tmp_path / "coordinator.db")
     try:
-        node = store.db.execute("SELECT credit, holding_version FROM nodes WHERE node_id='n1'").fetchone()
-        assert tuple(node) == (42.5, None)
+        node = store.db.execute("SELECT credit, holding_version, quarantined FROM nodes WHERE node_id='n1'")
+        assert tuple(node.fetchone()) == (42.5, None, 0)
         assert store.db.execute("SELECT proofs FROM rollouts").fetchone()[0] == b""
         assert store.db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0] == 0
         assert add_missing_columns(store.db, SCHEMA) == []  # nothing left to add: opening twice is a no-op
