@@ -5,7 +5,7 @@ other, and the coordinator's egress is measured.
 
 For each N (4, 8, 16; --quick: 2 and 3), a fresh coordinator process publishes version 0 of a run
 whose LoRA rank makes the blob many chunks long (--rank 128: 24 MiB, 24 chunks of 1 MiB; --quick:
-rank 16, 3 chunks). N nodes register, each opens its p2p plane (its own key, hivemind DHT and
+rank 16, 3 chunks), or with --full a full-parameter run's (every weight and its momentum: 33.6 MB). N nodes register, each opens its p2p plane (its own key, hivemind DHT and
 p2pd, and seeder: node/seeding.py's VersionPlane, as `potluck node join` does), and all start the
 real fetcher (node/fetcher.py) together. Reported per N:
 - coordinator_egress_copies: the coordinator's potluck_version_bytes_served_total (its Prometheus
@@ -47,15 +47,17 @@ from tests.procs import Coordinator
 TARGET_COPIES = 2.0
 
 
-def write_run(path: Path, rank: int) -> Path:
-    """The integration-test run with a LoRA rank that makes version blobs rank/16 MiB-ish."""
-    path.write_text((PRESETS_DIR / "test.toml").read_text() + f"\n[lora]\nrank = {rank}\n")
+def write_run(path: Path, rank: int, full: bool = False) -> Path:
+    """The integration-test run with a LoRA rank that makes version blobs about rank/5.3 MiB, or in
+    full-parameter mode."""
+    extra = '[training]\nmode = "full"\n' if full else f"[lora]\nrank = {rank}\n"
+    path.write_text((PRESETS_DIR / "test.toml").read_text() + "\n" + extra)
     return path
 
 
-def start_coordinator(data: Path, rank: int, log_dir: Path) -> tuple[Coordinator, str, bytes]:
+def start_coordinator(data: Path, rank: int, log_dir: Path, full: bool = False) -> tuple[Coordinator, str, bytes]:
     """A coordinator process with its metrics endpoint: (process, metrics HOST:PORT, its public key)."""
-    proc = Coordinator(str(write_run(data.parent / f"{data.name}.toml", rank)), data, log_dir,
+    proc = Coordinator(str(write_run(data.parent / f"{data.name}.toml", rank, full)), data, log_dir,
                        name=data.name, extra=("--metrics", "127.0.0.1:0"))
     metrics = (data / "metrics.addr").read_text().strip()
     return proc, metrics, Identity.load_or_create(data / "coordinator.key").public_key
@@ -91,9 +93,9 @@ async def leave(nodes: list[tuple[CoordinatorClient, VersionPlane]]) -> None:
     await asyncio.gather(*(client.close() for client, _ in nodes), return_exceptions=True)
 
 
-async def broadcast(n: int, rank: int, root: Path) -> dict:
+async def broadcast(n: int, rank: int, full: bool, root: Path) -> dict:
     data = root / f"coordinator-{n}"
-    proc, metrics, key = start_coordinator(data, rank, root)
+    proc, metrics, key = start_coordinator(data, rank, root, full)
     nodes: list[tuple[CoordinatorClient, VersionPlane]] = []
     try:
         for i in range(n):
@@ -134,7 +136,7 @@ async def broadcast(n: int, rank: int, root: Path) -> dict:
         }
         print(f"N={n}: {result}", file=sys.stderr)
         return result | {"version_bytes": manifest.size, "chunks": len(manifest.chunks),
-                         "chunk_size": manifest.chunk_size}
+                         "chunk_size": manifest.chunk_size, "format": manifest.format}
     finally:
         await leave(nodes)
         proc.stop()
@@ -145,6 +147,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=None, help="swarm sizes (default 4 8 16)")
     parser.add_argument("--rank", type=int, default=None, help="LoRA rank of the run (blob size ~ rank/5.3 MiB)")
     parser.add_argument("--quick", action="store_true", help="a tiny run: 2 and 3 nodes, a 3-chunk blob")
+    parser.add_argument("--full", action="store_true", help="a full-parameter run's version (all weights)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sizes = args.nodes or ([2, 3] if args.quick else [4, 8, 16])
@@ -152,17 +155,18 @@ def main() -> None:
     runs = {}
     with tempfile.TemporaryDirectory(prefix="potluck-broadcast-") as tmp:
         for n in sizes:
-            runs[str(n)] = asyncio.run(broadcast(n, rank, Path(tmp)))
+            runs[str(n)] = asyncio.run(broadcast(n, rank, args.full, Path(tmp)))
     first = next(iter(runs.values()))
     result = {
         "quick": args.quick,
         "version_bytes": first["version_bytes"], "chunks": first["chunks"], "chunk_size": first["chunk_size"],
+        "format": first["format"],
         "coordinator_egress_copies": {n: r["coordinator_egress_copies"] for n, r in runs.items()},
         "seconds_until_all_hold": {n: r["seconds_until_all_hold"] for n, r in runs.items()},
         "all_verified": all(r["all_verified"] for r in runs.values()),
         "max_egress_copies": max(r["coordinator_egress_copies"] for r in runs.values()),
         "target_egress_copies": TARGET_COPIES,
-        "runs": {n: {k: v for k, v in r.items() if k not in ("version_bytes", "chunks", "chunk_size")}
+        "runs": {n: {k: v for k, v in r.items() if k not in ("version_bytes", "chunks", "chunk_size", "format")}
                  for n, r in runs.items()},
         "nodes": "asyncio tasks in one process, each with its own key, hivemind DHT + p2pd and seeder",
     }

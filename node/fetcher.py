@@ -47,7 +47,7 @@ HAVE_S = 0.5  # Have rounds while chunks are in flight
 HAVE_IDLE_S = 0.1  # ... and while none is
 HAVE_FANOUT = 6  # peers asked per round (at random): a swarm's Have traffic grows with N, not N^2
 GOLDEN = 0.6180339887498949  # spreads tracker positions 0, 1, 2, ... evenly over the chunks
-HOLD_OFF_S = 0.3  # with peers about, a coordinator chunk waits a random part of this
+HOLD_OFF_S = 0.3  # with few chunks left to seed, a coordinator chunk waits a random part of this
 STALL_S = 5.0  # a chunk only a peer is fetching is taken from the coordinator after this long
 PEER_IN_FLIGHT = 2
 COORDINATOR_STREAMS = 4  # chunks in flight from the coordinator for a node without a p2p plane
@@ -218,24 +218,25 @@ class _Fetch:
         self.want_full = False
         if not candidates:
             self.decide_at = None
-        while candidates and self._may_ask_coordinator(now, bool(live)):
+        while candidates and self._may_ask_coordinator(now, bool(live), len(candidates) <= len(live)):
             index = coordinator_pick(candidates, self.position)
             candidates.remove(index)
             self.decide_at = None
             self._start(index, None, self._from_coordinator(index))
 
-    def _may_ask_coordinator(self, now: float, peers_about: bool) -> bool:
+    def _may_ask_coordinator(self, now: float, peers_about: bool, crowded: bool) -> bool:
         """Without a plane: a few chunks at a time. With one: only once the tracker has answered,
-        only while idle, after a random hold-off (idle peers that see the same missing chunks would otherwise all ask at once),
-        and once a Have round to every peer, begun after the hold-off and at most HAVE_S old,
-        says that none holds or fetches the chunk."""
+        only while idle, after a random hold-off when no more chunks are left to seed than there
+        are peers (idle peers that see the same few would otherwise all ask at once), and once a
+        Have round to every peer, begun after that and at most HAVE_S old, says that none holds
+        or fetches the chunk."""
         if self.plane is None:
             return sum(name is None for _, name in self.tasks.values()) < COORDINATOR_STREAMS
         if self.tasks:
             self.decide_at = None
             return False
         if self.decide_at is None:
-            self.decide_at = now + (self.rng.uniform(0, HOLD_OFF_S) if peers_about else 0.0)
+            self.decide_at = now + (self.rng.uniform(0, HOLD_OFF_S) if crowded else 0.0)
         fresh = self.found and (not peers_about or (self.full_have_at >= self.decide_at and
                                                     now - self.full_have_done <= HAVE_S))
         self.want_full = not fresh and now >= self.decide_at
