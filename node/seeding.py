@@ -93,9 +93,30 @@ class Seeder:
         return ppb.ChunkReply(data=blob.read(request.index))
 
 
-def _start_peer(identity: Identity, home: Path, listen: tuple[str, ...]) -> PeerNode:
-    with _FORKING:
-        return PeerNode(identity, home, listen)
+class _Starting:
+    """A peer starting in a worker thread, which a node stopped meanwhile abandons: whichever of the
+    two comes second stops the peer, so none outlives a node that quit during its set-up."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.peer: PeerNode | None = None
+        self.abandoned = False
+
+    def start(self, identity: Identity, home: Path, listen: tuple[str, ...]) -> PeerNode | None:
+        with _FORKING:
+            peer = PeerNode(identity, home, listen)
+        with self.lock:
+            if not self.abandoned:
+                self.peer = peer
+                return peer
+        peer.shutdown()
+        return None
+
+    def abandon(self) -> PeerNode | None:
+        """The peer if it was already handed over (the caller stops it), else None (start will)."""
+        with self.lock:
+            self.abandoned = True
+            return self.peer
 
 
 class VersionPlane:
@@ -107,13 +128,17 @@ class VersionPlane:
 
     @classmethod
     async def open(cls, identity: Identity, home: Path, listen: tuple[str, ...] = (LOOPBACK,)) -> VersionPlane:
-        peer = await asyncio.to_thread(_start_peer, identity, home, listen)
+        starting = _Starting()
         try:
+            peer = await asyncio.to_thread(starting.start, identity, home, listen)
             p2p = await peer.dht.replicate_p2p()
             seeder = Seeder(p2p)
             await seeder.start()
-        except BaseException:
-            await asyncio.to_thread(peer.shutdown)
+        except BaseException:  # a stop (cancellation) included: the peer is stopped in a worker
+            # thread that the event loop's close waits for, so no p2pd outlives the node
+            peer = starting.abandon()
+            if peer is not None:
+                asyncio.get_running_loop().run_in_executor(None, peer.shutdown)
             raise
         return cls(peer, p2p, seeder)
 

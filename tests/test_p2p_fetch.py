@@ -2,6 +2,7 @@
 (node/seeding.py), the coordinator process is the tracker and the last-resort seed, and its
 Prometheus counter says how many bytes it sent."""
 import asyncio
+import os
 import shutil
 import signal
 import time
@@ -13,9 +14,10 @@ import pytest
 from bench.broadcast import join_node, leave, served_bytes, start_coordinator
 from node.chunkfile import ChunkFile
 from node.fetcher import PEER_IN_FLIGHT, FetchStats, _announce, fetch_blob
-from node.seeding import CHUNK
+from node.seeding import CHUNK, VersionPlane
 from node.versions import fetch_manifest
 from protocol.checkpoint import sha256_hex
+from protocol.identity import Identity
 from protocol.v1 import coordinator_pb2 as pb
 from protocol.v1 import coordinator_pb2_grpc as pb_grpc
 from protocol.v1 import p2p_pb2 as ppb
@@ -196,3 +198,18 @@ def test_an_inference_node_serves_through_its_plane_and_a_kill_leaves_no_daemon(
             time.sleep(0.1)
     finally:
         worker.stop()
+
+
+def test_a_node_stopped_while_its_plane_starts_leaves_no_daemon(tmp_path):
+    async def body():
+        opening = asyncio.create_task(VersionPlane.open(Identity.generate(), tmp_path))
+        deadline = time.monotonic() + 30
+        while not descendants(os.getpid()):  # the DHT process is forked: the plane is starting
+            assert time.monotonic() < deadline and not opening.done()
+            await asyncio.sleep(0.01)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+
+    asyncio.run(body())  # returns once the worker thread that stops the peer has finished
+    assert not p2pd_of(os.getpid())
