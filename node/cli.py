@@ -38,6 +38,9 @@ def add_commands(subparsers) -> None:
     join.add_argument("--home", type=Path, default=None,
                       help="identity key and version cache (default $POTLUCK_HOME or ~/.config/potluck)")
     join.add_argument("--name", default="", help="a label shown to the run's host")
+    join.add_argument("--p2p-listen", action="append", default=None, metavar="MULTIADDR",
+                      help="where this node's p2p peer listens, for the versions it serves and (trainers) "
+                           "all-reduce; repeatable (default /ip4/127.0.0.1/tcp/0: this machine only)")
     join.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     join.add_argument("--plain", action="store_true",
                       help="line logs instead of the live view (the default when not on a terminal)")
@@ -74,6 +77,7 @@ def _join(args: argparse.Namespace) -> int:
 
     from .client import error_reason
     from .join import configure_threads, join
+    from .p2p import listen_maddrs
 
     configure(args.log_format)
     configure_threads(args.threads)
@@ -83,13 +87,14 @@ def _join(args: argparse.Namespace) -> int:
     log = logging.getLogger("potluck.node")
     try:
         security = security_of(args)
+        p2p_listen = listen_maddrs(args.p2p_listen)
         if interactive:
             from .view import join_with_view  # Textual loads only for the view
 
             return asyncio.run(join_with_view(args.coordinator, args.role, args.device, home, args.name,
-                                              security, args.join_token))
+                                              security, args.join_token, p2p_listen))
         return asyncio.run(join(args.coordinator, args.role, args.device, home, args.name,
-                                security=security, join_token=args.join_token))
+                                security=security, join_token=args.join_token, p2p_listen=p2p_listen))
     except ValueError as exc:
         log.error("%s", exc)
         return 2

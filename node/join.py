@@ -24,6 +24,7 @@ from .client import CoordinatorClient, banned, error_reason
 from .hardware import MODEL_LOADING, pick_device, probe
 from .seat import Parts, Seat, role_name
 from .status import NodeStatus, Progress, ReportingClient
+from .p2p import LOOPBACK
 from .seeding import VersionPlane
 from .versions import VersionLoader
 
@@ -71,7 +72,7 @@ async def _register(client: CoordinatorClient, identity: Identity, role: int, ha
 
 async def join(address: str, role: str, device: str, home: Path, name: str,
                status: NodeStatus | None = None, stop: asyncio.Event | None = None,
-               security: Security = PLAINTEXT, join_token: str = "") -> int:
+               security: Security = PLAINTEXT, join_token: str = "", p2p_listen: tuple[str, ...] = (LOOPBACK,)) -> int:
     """Work for the run until stop is set (SIGINT/SIGTERM set it too), then return the leases held;
     if the coordinator bans the node, raise its refusal instead. status, if given, follows along."""
     status = NodeStatus(address) if status is None else status
@@ -86,7 +87,8 @@ async def join(address: str, role: str, device: str, home: Path, name: str,
     hardware = await asyncio.to_thread(probe, device, home)
     client = ReportingClient(address, identity, status, security, join_token)
     # Stopping during set-up (a coordinator still unreachable, a model loading) holds no lease yet.
-    ready = await _unless_stopped(_set_up(client, identity, ROLES[role], hardware, name, device, home, status), stop)
+    ready = await _unless_stopped(_set_up(client, identity, ROLES[role], hardware, name, device, home, status,
+                                          p2p_listen), stop)
     if ready is None:
         log.info("stopped before starting work")
         await client.close()
@@ -125,8 +127,8 @@ async def _return_leases(client: CoordinatorClient) -> None:
 
 
 async def _set_up(client: ReportingClient, identity: Identity, role: int, hardware: pb.Hardware, name: str,
-                  device: str, home: Path,
-                  status: NodeStatus) -> tuple[Seat, float]:
+                  device: str, home: Path, status: NodeStatus,
+                  p2p_listen: tuple[str, ...] = (LOOPBACK,)) -> tuple[Seat, float]:
     """Register, load the model and make the role's worker: (its seat, the heartbeat interval in s)."""
     reply = await _register(client, identity, role, hardware, name)
     config = RunConfig.model_validate_json(reply.run_config_json)
@@ -141,7 +143,7 @@ async def _set_up(client: ReportingClient, identity: Identity, role: int, hardwa
     status.progress = None
     # Every node serves the versions it holds to the others (node/seeding.py); a trainer also
     # all-reduces through the same hivemind peer.
-    plane = await VersionPlane.open(identity, home)
+    plane = await VersionPlane.open(identity, home, p2p_listen)
     loader = VersionLoader(client, reply.coordinator_public_key, home / "versions", model, status.fetching, plane)
     seat = Seat(Parts(client, identity, home, config, tokenizer, loader), status)
     seat.assign(reply.role)

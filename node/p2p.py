@@ -78,6 +78,16 @@ def valid_maddrs(addresses: list[str]) -> list[str]:
     return good
 
 
+def listen_maddrs(addresses: list[str] | None) -> tuple[str, ...]:
+    """`--p2p-listen` values (LOOPBACK when none): ValueError if any does not parse as a multiaddr."""
+    if not addresses:
+        return (LOOPBACK,)
+    good = valid_maddrs(addresses)
+    if len(good) != len(addresses):
+        raise ValueError(f"--p2p-listen takes multiaddrs such as /ip4/0.0.0.0/tcp/4001, not {addresses}")
+    return tuple(good)
+
+
 class PeerNode:
     """A running DHT peer for one trainer; `maddrs` are what the coordinator hands to its round-mates."""
 

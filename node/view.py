@@ -16,6 +16,7 @@ from pathlib import Path
 from protocol.channel import PLAINTEXT, Security
 
 from .join import join
+from .p2p import LOOPBACK
 from .status import NodeStatus, StatusLogHandler
 from .tui.feed import Disconnected, watch
 from .tui.volunteer import VolunteerView
@@ -46,10 +47,11 @@ def logs_into(status: NodeStatus) -> Iterator[None]:
 
 
 def start(status: NodeStatus, role: str, device: str, home: Path, name: str, security: Security = PLAINTEXT,
-          join_token: str = "") -> tuple[VolunteerView, asyncio.Task[int]]:
+          join_token: str = "", p2p_listen: tuple[str, ...] = (LOOPBACK,)) -> tuple[VolunteerView, asyncio.Task[int]]:
     """The view and the node's task, wired together; the caller runs the view (tests use run_test)."""
     stop = asyncio.Event()
-    node = asyncio.create_task(join(status.address, role, device, home, name, status, stop, security, join_token))
+    node = asyncio.create_task(join(status.address, role, device, home, name, status, stop, security, join_token,
+                                    p2p_listen))
 
     def leave() -> None:
         if stop.is_set():
@@ -62,10 +64,11 @@ def start(status: NodeStatus, role: str, device: str, home: Path, name: str, sec
 
 
 async def join_with_view(address: str, role: str, device: str, home: Path, name: str,
-                         security: Security = PLAINTEXT, join_token: str = "") -> int:
+                         security: Security = PLAINTEXT, join_token: str = "",
+                         p2p_listen: tuple[str, ...] = (LOOPBACK,)) -> int:
     status = NodeStatus(address)
     with logs_into(status):
-        view, node = start(status, role, device, home, name, security, join_token)
+        view, node = start(status, role, device, home, name, security, join_token, p2p_listen)
         watcher = asyncio.create_task(follow_watch(status, address, security))
         try:
             await view.run_async()
