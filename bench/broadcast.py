@@ -3,7 +3,7 @@ other, and the coordinator's egress is measured.
 
     python -m bench.broadcast --json [--quick]
 
-For each N (4, 8, 16; --quick: 2 and 3), a fresh coordinator process publishes version 0 of a run
+For each N (4, 8, 16; --quick: 3), a fresh coordinator process publishes version 0 of a run
 whose LoRA rank makes the blob many chunks long (--rank 128: 24 MiB, 24 chunks of 1 MiB; --quick:
 rank 16, 3 chunks), or with --full a full-parameter run's (every weight and its momentum: 33.6 MB). N nodes register, each opens its p2p plane (its own key, hivemind DHT and
 p2pd, and seeder: node/seeding.py's VersionPlane, as `potluck node join` does), and all start the
@@ -146,11 +146,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, nargs="+", default=None, help="swarm sizes (default 4 8 16)")
     parser.add_argument("--rank", type=int, default=None, help="LoRA rank of the run (blob size ~ rank/5.3 MiB)")
-    parser.add_argument("--quick", action="store_true", help="a tiny run: 2 and 3 nodes, a 3-chunk blob")
+    parser.add_argument("--quick", action="store_true", help="a tiny run: 3 nodes, a 3-chunk blob")
     parser.add_argument("--full", action="store_true", help="a full-parameter run's version (all weights)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    sizes = args.nodes or ([2, 3] if args.quick else [4, 8, 16])
+    sizes = args.nodes or ([3] if args.quick else [4, 8, 16])
     rank = args.rank or (16 if args.quick else 128)
     runs = {}
     with tempfile.TemporaryDirectory(prefix="potluck-broadcast-") as tmp:
