@@ -23,7 +23,9 @@ Noise: every evaluation is greedy on the same held-out problems, so both arms' g
 on one sample of problems. Their standard errors, and parity's, come from a paired bootstrap over
 those problems (version 0's, the central arm's and the swarm's last per-problem scores resampled
 together); the interval says how far the eval set alone could move parity, not seed-to-seed
-variation of training.
+variation of training. A policy's greedy accuracy also swings from one evaluation to the next
+(plain GRPO's by ±0.06 on this task), so `late_*` repeats all of it with each problem's mean
+score over the second half of an arm's evaluations in place of its last one.
 
     python -m bench.convergence --json      (last stdout line: one JSON object)
 """
@@ -218,6 +220,16 @@ def swarm_arm(task: Task, budget: int, batch_groups: int, k: int, inner: int, ev
             peer.shutdown()
 
 
+def late_scores(curve: Curve) -> list[float]:
+    """Each held-out problem's mean score over the second half of the curve's evaluations."""
+    late = curve.scores[len(curve.scores) - len(curve.scores) // 2:]
+    return [sum(point[i] for point in late) / len(late) for i in range(len(late[0]))]
+
+
+def _rounded(values: dict) -> dict:
+    return {key: round(value, 4) if isinstance(value, float) else value for key, value in values.items()}
+
+
 def plot(central: Curve, swarm: Curve, k: int, inner: int, path: Path) -> None:
     import matplotlib
 
@@ -241,7 +253,7 @@ def plot(central: Curve, swarm: Curve, k: int, inner: int, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="demo")
-    parser.add_argument("--rollouts", type=int, default=36864, help="rollouts each arm consumes")
+    parser.add_argument("--rollouts", type=int, default=73728, help="rollouts each arm consumes")
     parser.add_argument("--trainers", type=int, default=4)
     parser.add_argument("--inner-steps", type=int, default=48, help="H for the swarm")
     parser.add_argument("--round-groups", type=int, default=192, help="groups per swarm round")
@@ -251,7 +263,7 @@ def main() -> None:
     parser.add_argument("--outer-momentum", type=float, default=0.0)
     parser.add_argument("--compression", default="int8", choices=("int8", "fp16", "none"))
     parser.add_argument("--eval-size", type=int, default=900, help="held-out problems (2 digits: 909 exist)")
-    parser.add_argument("--evals", type=int, default=6, help="evaluations along each arm")
+    parser.add_argument("--evals", type=int, default=12, help="evaluations along each arm")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", type=Path, default=Path("docs/convergence.png"))
@@ -275,6 +287,9 @@ def main() -> None:
     central_gain = central.accuracy[-1] - central.accuracy[0]
     swarm_gain = swarm.curve.accuracy[-1] - swarm.curve.accuracy[0]
     ddp = h * 2 * (k - 1) / k * swarm.trainable_params * 4
+    late_central, late_swarm = late_scores(central), late_scores(swarm.curve)
+    late_central_gain = (sum(late_central) - sum(central.scores[0])) / len(late_central)
+    late_swarm_gain = (sum(late_swarm) - sum(central.scores[0])) / len(late_swarm)
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     plot(central, swarm.curve, k, h, args.plot)
     result = {
@@ -287,8 +302,14 @@ def main() -> None:
         "swarm_eval_gain": round(swarm_gain, 4),
         "parity": round(swarm_gain / central_gain, 3) if central_gain > 0 else None,
         "eval_size": len(central.scores[-1]),
-        **{key: round(value, 4) if isinstance(value, float) else value for key, value in
-           paired_bootstrap(central.scores[0], central.scores[-1], swarm.curve.scores[-1], seed=args.seed).items()},
+        **_rounded(paired_bootstrap(central.scores[0], central.scores[-1], swarm.curve.scores[-1], seed=args.seed)),
+        # The same over the second half of each arm's evaluations (each problem's mean score over
+        # them): one endpoint swings with the policy's oscillation, beyond what the eval set explains.
+        "late_points": len(central.scores) // 2,
+        "late_central_eval_gain": round(late_central_gain, 4), "late_swarm_eval_gain": round(late_swarm_gain, 4),
+        "late_parity": round(late_swarm_gain / late_central_gain, 3) if late_central_gain > 0 else None,
+        **_rounded({f"late_{key}": value for key, value in paired_bootstrap(
+            central.scores[0], late_central, late_swarm, seed=args.seed).items() if key != "eval_se"}),
         "trainable_params": swarm.trainable_params,
         "bytes_per_trainer_per_outer_step": round(swarm.bytes_sent_per_trainer_per_round),
         "ddp_bytes_equivalent": round(ddp),
