@@ -24,23 +24,34 @@ from protocol.identity import Identity
 log = logging.getLogger("potluck.node")
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 DHT_SHUTDOWN_S = 3.0
+START_TIMEOUT_S = 120.0
+START_ATTEMPTS = 3
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """In a hivemind child: once the node process is gone (even by kill -9), stop this child's own
-    children (p2pd) and exit, so a dead trainer leaves no process behind."""
-    while os.getppid() == parent_pid:
-        time.sleep(1.0)
+def _stop_children_and_exit(*_) -> None:
+    """Stop this process's own children (p2pd) and exit, so no daemon outlives its peer."""
     for task in Path("/proc/self/task").iterdir():
         for child in (task / "children").read_text().split():
             os.kill(int(child), signal.SIGTERM)
     os._exit(0)
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a hivemind child: once the node process is gone (even by kill -9), exit the same way."""
+    while os.getppid() == parent_pid:
+        time.sleep(1.0)
+    _stop_children_and_exit()
+
+
 class _OrphanSafe:
-    """Mixed into hivemind's process classes: run() starts the parent watch first."""
+    """Mixed into hivemind's process classes: run() starts the parent watch first, and SIGTERM (what
+    hivemind sends when a graceful shutdown takes too long) really ends the child. Forked from a node
+    whose event loop handles SIGTERM, the child would otherwise inherit asyncio's no-op handler and
+    the parent's wake-up socket: it would ignore SIGTERM, and the node would wait for it forever."""
 
     def run(self) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, _stop_children_and_exit)
         threading.Thread(target=_exit_with_parent, args=(self._parent_pid,), daemon=True).start()
         super().run()
 
@@ -88,15 +99,45 @@ def listen_maddrs(addresses: list[str] | None) -> tuple[str, ...]:
     return tuple(good)
 
 
+class PeerStartError(RuntimeError):
+    pass
+
+
+def _start(dht: DHT) -> None:
+    """Fork hivemind's DHT process and wait until it serves. hivemind waits for it without a bound,
+    so a child that dies while starting would hang the node: a fork from a busy multi-threaded process
+    (several nodes in one, as in tests) once crashed in native code. Here that is an error to retry."""
+    dht.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            dht.wait_until_ready(timeout=0.5)
+            return
+        except TimeoutError:
+            if not dht.is_alive():
+                raise PeerStartError(f"its process exited with code {dht.exitcode} while starting") from None
+            if time.monotonic() > deadline:
+                dht.kill()
+                raise PeerStartError(f"not ready within {START_TIMEOUT_S:.0f} s") from None
+
+
 class PeerNode:
     """A running DHT peer for one trainer; `maddrs` are what the coordinator hands to its round-mates."""
 
     def __init__(self, identity: Identity, home: Path, listen: tuple[str, ...] = (LOOPBACK,),
                  initial_peers: tuple[str, ...] = ()) -> None:
         key_file = write_identity_file(identity, home / "p2p" / "identity.p2p")
-        self.dht = DHT(initial_peers=list(valid_maddrs(list(initial_peers))), start=True,
-                                host_maddrs=list(listen), identity_path=str(key_file),
-                                check_if_identity_free=False, shutdown_timeout=DHT_SHUTDOWN_S)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.dht = DHT(initial_peers=list(valid_maddrs(list(initial_peers))), start=False,
+                           host_maddrs=list(listen), identity_path=str(key_file),
+                           check_if_identity_free=False, shutdown_timeout=DHT_SHUTDOWN_S)
+            try:
+                _start(self.dht)
+                break
+            except PeerStartError as exc:
+                if attempt == START_ATTEMPTS:
+                    raise
+                log.warning("p2p peer did not start (%s); trying again", exc)
         self.peer_id = self.dht.peer_id.to_base58()
         if self.peer_id != identity.node_id:
             self.dht.shutdown()

@@ -1,6 +1,10 @@
 """Real hivemind peers on loopback: the DHT peer id is the node id, and round-mates all-reduce
 their pseudo-gradients weighted by samples, compressed on the wire."""
+import asyncio
+import signal
 import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +69,31 @@ def test_the_dht_peer_id_is_the_node_id(tmp_path):
         assert again.peer_id == identity.node_id
     finally:
         again.shutdown()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+def test_a_peer_started_under_a_sigterm_handler_still_dies_on_sigterm(tmp_path):
+    """A node's event loop handles SIGTERM; the forked peer process must not inherit that (it would
+    ignore the SIGTERM of a hard shutdown and the node would wait for it forever at exit)."""
+    async def start_under_handler() -> PeerNode:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: None)
+        try:
+            return await asyncio.to_thread(PeerNode, Identity.generate(), tmp_path / "me")
+        finally:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+
+    peer = asyncio.run(start_under_handler())
+    daemons = _children(peer.dht.pid)
+    assert daemons, "the peer process runs p2pd"
+    peer.dht.terminate()
+    peer.dht.join(30)
+    assert not peer.dht.is_alive() and peer.dht.exitcode == 0
+    for pid in daemons:  # and it took its p2pd with it
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+            assert time.monotonic() < deadline, f"p2pd {pid} outlived its peer"
+            time.sleep(0.1)
