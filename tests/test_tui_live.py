@@ -75,7 +75,9 @@ def test_live_panes_sort_filter_and_details(swarm):
                         "both nodes in a snapshot")
             snap = app.state.snapshot
             assert snap is not None
-            assert str(app.query_one(LinkBar).content).startswith(f"● {snap.run_name}")
+            # The bar redraws on the app's next refresh after the snapshot lands, not at once.
+            await until(pilot, lambda: str(app.query_one(LinkBar).content).startswith(f"● {snap.run_name}"), 10,
+                        "the link bar showing the run")
             assert str(app.query_one("#headline", Static).content).startswith("potluck-test")
 
             await pilot.press("2")
