@@ -156,8 +156,8 @@ class SwarmStats:
 
 
 def swarm_arm(task: Task, budget: int, batch_groups: int, k: int, inner: int, eval_every: int, seed: int,
-              codec: str, outer_lr: float, outer_momentum: float, home: Path) -> SwarmStats:
-    config = _configured(task.config, grpo={"inner_steps": inner},
+              codec: str, outer_lr: float, outer_momentum: float, inner_lr: float, home: Path) -> SwarmStats:
+    config = _configured(task.config, grpo={"inner_steps": inner, "lr": inner_lr},
                          diloco={"outer_lr": outer_lr, "outer_momentum": outer_momentum})
     model = load_policy(config)
     peers = [PeerNode(Identity.generate(), home / f"trainer{i}") for i in range(k)]
@@ -230,7 +230,7 @@ def _rounded(values: dict) -> dict:
     return {key: round(value, 4) if isinstance(value, float) else value for key, value in values.items()}
 
 
-def plot(central: Curve, swarm: Curve, k: int, inner: int, path: Path) -> None:
+def plot(central: Curve, swarm: Curve, k: int, inner: int, lr: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,7 +238,7 @@ def plot(central: Curve, swarm: Curve, k: int, inner: int, path: Path) -> None:
 
     fig, (acc, rew) = plt.subplots(1, 2, figsize=(10, 4))
     for curve, label in ((central, "central: 1 trainer, plain GRPO"),
-                         (swarm, f"swarm: {k} trainers, H={inner}, int8 all-reduce, async")):
+                         (swarm, f"swarm: {k} trainers, H={inner}, inner lr {lr:g}, int8 all-reduce, async")):
         acc.plot(curve.rollouts, curve.accuracy, marker="o", label=label)
         rew.plot(curve.rollouts[1:], curve.reward[1:], marker="o", label=label)
     acc.set(xlabel="rollouts consumed", ylabel="held-out greedy accuracy", title="accuracy")
@@ -259,6 +259,8 @@ def main() -> None:
     parser.add_argument("--round-groups", type=int, default=192, help="groups per swarm round")
     parser.add_argument("--central-groups", type=int, default=32, help="groups per central step")
     parser.add_argument("--central-inner-steps", type=int, default=2)
+    # H=48 inner steps of 8 rollouts each at the run's lr (1e-3) stalled the swarm (README)
+    parser.add_argument("--swarm-lr", type=float, default=3e-4, help="the swarm's inner AdamW lr")
     parser.add_argument("--outer-lr", type=float, default=1.0)
     parser.add_argument("--outer-momentum", type=float, default=0.0)
     parser.add_argument("--compression", default="int8", choices=("int8", "fp16", "none"))
@@ -277,7 +279,7 @@ def main() -> None:
         wall = time.perf_counter()
         swarm = swarm_arm(task, args.rollouts, args.round_groups, args.trainers, args.inner_steps,
                           max(1, args.rollouts // (args.round_groups * group * args.evals)), args.seed,
-                          args.compression, args.outer_lr, args.outer_momentum, Path(home))
+                          args.compression, args.outer_lr, args.outer_momentum, args.swarm_lr, Path(home))
         swarm_s = time.perf_counter() - wall
     wall = time.perf_counter()
     central = central_arm(task, args.rollouts, args.central_groups, args.central_inner_steps,
@@ -291,10 +293,11 @@ def main() -> None:
     late_central_gain = (sum(late_central) - sum(central.scores[0])) / len(late_central)
     late_swarm_gain = (sum(late_swarm) - sum(central.scores[0])) / len(late_swarm)
     args.plot.parent.mkdir(parents=True, exist_ok=True)
-    plot(central, swarm.curve, k, h, args.plot)
+    plot(central, swarm.curve, k, h, args.swarm_lr, args.plot)
     result = {
         "rollouts_per_arm": central.rollouts[-1],
-        "trainers": k, "inner_steps": h, "compression": args.compression,
+        "trainers": k, "inner_steps": h, "compression": args.compression, "swarm_inner_lr": args.swarm_lr,
+        "central_lr": task.config.grpo.lr,
         "central_eval_first": round(central.accuracy[0], 4), "central_eval_last": round(central.accuracy[-1], 4),
         "swarm_eval_first": round(swarm.curve.accuracy[0], 4),
         "swarm_eval_last": round(swarm.curve.accuracy[-1], 4),
