@@ -76,6 +76,11 @@ class GrpoConfig(_Strict):
     # Tokens whose importance ratio pi/behaviour leaves [1/ratio_mask, ratio_mask] are masked out
     # of the loss: stale rollouts whose behaviour policy drifted too far carry no reliable signal.
     ratio_mask: float = Field(8.0, gt=1.0)
+    # Keep the inner AdamW's state from one round to the next while a trainer trains consecutive
+    # versions (DiLoCo's way). Off, each round starts a fresh AdamW: its pseudo-gradient then depends
+    # on its version and shard alone, which diloco.direction_check needs. With a small H a fresh
+    # AdamW is close to sign descent and learns slower (README "Training across trainers").
+    carry_optimizer: bool = False
 
 
 class DilocoConfig(_Strict):
@@ -103,9 +108,9 @@ class DilocoConfig(_Strict):
     # A member named in others' all-reduce that has not submitted stops holding the round once it is
     # offline (no heartbeat for 3 intervals) or submit_grace_seconds after the round's first result.
     submit_grace_seconds: float = Field(60.0, gt=0.0, le=86400)
-    # Each pseudo-gradient must lower its own trainer's GRPO loss on its own shard: the coordinator
-    # checks loss(theta - delta) < loss(theta + delta) (two forward passes per shard), which a sign
-    # flip of an honest pseudo-gradient fails by construction (screening.py).
+    # Each pseudo-gradient must point downhill on its own trainer's shard: the coordinator checks
+    # gradient . delta > 0 at the parent version (one forward and backward pass per shard), which a
+    # sign flip of an honest pseudo-gradient fails by construction (screening.py).
     direction_check: bool = True
 
     @model_validator(mode="after")
@@ -193,6 +198,10 @@ class RunConfig(_Strict):
     def _shards_fit_batch(self) -> "RunConfig":
         if self.rollouts.prompts_per_shard > self.rollouts.batch_groups:
             raise ValueError("rollouts.prompts_per_shard must not exceed rollouts.batch_groups")
+        if self.grpo.carry_optimizer and self.diloco.direction_check:
+            raise ValueError("grpo.carry_optimizer needs diloco.direction_check = false: a carried-over "
+                             "AdamW's pseudo-gradient also follows earlier rounds' shards, so honest ones "
+                             "can fail the check")
         return self
 
 

@@ -33,3 +33,11 @@ def test_the_readme_run_file_is_valid():
     block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     config = parse_run_config(block)
     assert config.name == "my-run" and config.eval.every == 4
+
+
+def test_a_carried_optimizer_cannot_be_combined_with_the_direction_check():
+    with pytest.raises(ValidationError, match="carry_optimizer needs diloco.direction_check = false"):
+        parse_run_config("[grpo]\ncarry_optimizer = true\n")
+    config = parse_run_config("[grpo]\ncarry_optimizer = true\n[diloco]\ndirection_check = false\n")
+    assert config.grpo.carry_optimizer and not config.diloco.direction_check
+    assert load_run_config("demo").grpo.carry_optimizer and not load_run_config("test").grpo.carry_optimizer

@@ -8,6 +8,8 @@ import asyncio
 import logging
 import time
 
+import torch
+
 from protocol.checkpoint import sha256_hex
 from protocol.config import RunConfig
 from protocol.policy import encode_blob, version_format
@@ -32,6 +34,16 @@ class TrainerWorker:
         self.throughput = Throughput()
         self.state = "idle"
         self.busy_seconds = 0.0  # computing (inner steps, outer step), for utilization
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._produced: int | None = None  # the version this trainer's last round was to make
+
+    def _inner_optimizer(self, parent: int) -> torch.optim.Optimizer:
+        """With grpo.carry_optimizer, the AdamW state carries over while this trainer trains
+        consecutive versions; otherwise (and after a gap) it starts fresh."""
+        if not self.config.grpo.carry_optimizer or self._optimizer is None or self._produced != parent:
+            self._optimizer = inner_optimizer(self.loader.model, self.config)
+        self._produced = parent + 1
+        return self._optimizer
 
     async def step(self) -> None:
         lease = await self.client.call("LeaseTraining", pb.LeaseTrainingBody(p2p_maddrs=self.peer.maddrs))
@@ -44,7 +56,7 @@ class TrainerWorker:
         self.state = "training"
         started = time.perf_counter()
         inner = await asyncio.to_thread(inner_steps, self.loader.model, list(lease.samples), self.config,
-                                        inner_optimizer(self.loader.model, self.config), self.pad_id)
+                                        self._inner_optimizer(lease.parent_version), self.pad_id)
         computed = time.perf_counter() - started
         mode = fault_mode(lease.parent_version)
         delta = poison(inner.delta, mode) if mode in POISONS else inner.delta
