@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 from protocol.config import RunConfig
@@ -49,6 +50,18 @@ class RunContext:
     identity: Identity  # the coordinator key: signs manifests
     vocab_size: int
     changes: ChangeFeed = field(default_factory=ChangeFeed)
+    _interval: tuple[float, float] = (0.0, 0.0)  # (heartbeat interval in s, monotonic time it expires)
+
+    def heartbeat_interval_s(self) -> float:
+        """The heartbeat interval nodes are told, stretched (BOINC-style) so the whole swarm's
+        heartbeats stay near limits.heartbeat_target_rps however many nodes there are. Counting all
+        nodes is O(nodes): once a second is plenty."""
+        now = time.monotonic()
+        if now >= self._interval[1]:
+            nodes = self.store.count_nodes_not_left()
+            self._interval = (max(self.config.heartbeat_seconds, nodes / self.config.limits.heartbeat_target_rps),
+                              now + 1.0)
+        return self._interval[0]
 
     @property
     def max_new_tokens(self) -> int:

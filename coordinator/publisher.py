@@ -157,7 +157,7 @@ def _holds_round(ctx: RunContext, node_id: str, first_result_ms: int) -> bool:
     t, config = now_ms(), ctx.config
     if t - first_result_ms > config.diloco.submit_grace_seconds * 1000:
         return False
-    interval_s = max(config.heartbeat_seconds, ctx.store.count_nodes_not_left() / config.limits.heartbeat_target_rps)
+    interval_s = ctx.heartbeat_interval_s()
     row = ctx.store.node(node_id)
     silent_ms = t - row["last_seen_ms"]
     return row["state"] != "left" and silent_ms <= 1000 * max(LIVENESS_FLOOR_S, 3 * interval_s)

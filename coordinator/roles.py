@@ -23,10 +23,7 @@ ONLINE_MAX_AGE_S = 1.0  # who is online is read over all nodes at most this ofte
 
 
 def _online_since_ms(ctx: RunContext) -> int:
-    # The interval the service hands out grows with the swarm (service._heartbeat_interval_ms).
-    interval_s = max(ctx.config.heartbeat_seconds,
-                     ctx.store.count_nodes_not_left() / ctx.config.limits.heartbeat_target_rps)
-    return now_ms() - int(ONLINE_HEARTBEATS * interval_s * 1000)
+    return now_ms() - int(ONLINE_HEARTBEATS * ctx.heartbeat_interval_s() * 1000)
 
 
 def run_needs(ctx: RunContext, node_id: str, credit: float) -> RunNeeds:

@@ -43,7 +43,6 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.rates = TokenBuckets(ctx.config.limits.rate_per_s, ctx.config.limits.burst)
         self.streams = limits.StreamGate(ctx.config.limits.max_streams)
         self.tracker = Tracker(max(3 * ctx.config.heartbeat_seconds, 15.0))
-        self._interval_ms, self._interval_until = 0, 0.0
         self.training_cap = limits.training_body_cap(ctx.store.version(0)["size"])
 
     async def _run(self, context: grpc.aio.ServicerContext, method: str, handler, *args):
@@ -126,18 +125,8 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
             node_id=node_id, role=role, run_name=self.ctx.config.name,
             run_config_json=self.ctx.config.model_dump_json(exclude=HOST_ONLY),
             coordinator_public_key=self.ctx.identity.public_key,
-            heartbeat_interval_ms=self._heartbeat_interval_ms(), server_time_ms=now_ms(),
+            heartbeat_interval_ms=int(self.ctx.heartbeat_interval_s() * 1000), server_time_ms=now_ms(),
             current_version=self.ctx.store.current_version())
-
-    def _heartbeat_interval_ms(self) -> int:
-        """The run's heartbeat interval, stretched (BOINC-style) so the whole swarm's heartbeats stay
-        near limits.heartbeat_target_rps however many nodes there are."""
-        now = time.monotonic()
-        if now >= self._interval_until:  # a count over all nodes: once a second is plenty
-            online = self.ctx.store.count_nodes_not_left()
-            seconds = max(self.ctx.config.heartbeat_seconds, online / self.ctx.config.limits.heartbeat_target_rps)
-            self._interval_ms, self._interval_until = int(seconds * 1000), now + 1.0
-        return self._interval_ms
 
     def _heartbeat(self, request: pb.SignedRequest) -> pb.HeartbeatReply:
         node_id, body = self._authenticate("Heartbeat", request, pb.HeartbeatBody)
@@ -146,7 +135,7 @@ class CoordinatorService(pb_grpc.CoordinatorServicer):
         self.tracker.heard(node_id, body.holding_version if body.HasField("holding_version") else None)
         moved = roles.rebalance(self.ctx, node_id)
         return pb.HeartbeatReply(current_version=self.ctx.store.current_version(), server_time_ms=now_ms(),
-                                 heartbeat_interval_ms=self._heartbeat_interval_ms(),
+                                 heartbeat_interval_ms=int(self.ctx.heartbeat_interval_s() * 1000),
                                  role=self.ctx.store.node(node_id)["role"], role_reason=moved.reason if moved else "")
 
     def _lease_rollouts(self, request: pb.SignedRequest) -> pb.RolloutLease:
