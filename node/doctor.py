@@ -33,7 +33,6 @@ P2P_TIMEOUT_S = 60.0
 MIN_DISK, LOW_DISK = GIB, 10 * GIB
 CLOCK_WARN_S = 5.0
 CLOCK_WINDOW_S = 300.0  # the coordinator's default [admission] clock_skew_seconds
-ONLINE_MS = 30_000  # a node heard from within this is counted as present
 
 
 @dataclass(frozen=True)

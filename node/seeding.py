@@ -56,7 +56,6 @@ class Seeder:
     def __init__(self, p2p: P2P) -> None:
         self.p2p = p2p
         self.files: dict[str, ChunkFile] = {}
-        self.served_chunks = 0
 
     async def start(self) -> None:
         await self.p2p.add_protobuf_handler(HAVE, self._have, ppb.HaveRequest)
@@ -89,7 +88,6 @@ class Seeder:
         if blob.span(request.index)[1] > MAX_SERVED_CHUNK:
             raise SeedingError(f"chunk {request.index} is {blob.span(request.index)[1]} bytes; "
                                f"at most {MAX_SERVED_CHUNK} travel between peers")
-        self.served_chunks += 1
         return ppb.ChunkReply(data=blob.read(request.index))
 
 

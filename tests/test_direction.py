@@ -4,7 +4,6 @@ LoRA and full-parameter mode, on shards as small as the test runs' (2 groups).""
 import random
 
 import pytest
-import torch
 
 from bench.convergence import Task
 from coordinator.screening import direction_offenders
