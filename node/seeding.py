@@ -128,7 +128,10 @@ class VersionPlane:
     async def open(cls, identity: Identity, home: Path, listen: tuple[str, ...] = (LOOPBACK,)) -> VersionPlane:
         starting = _Starting()
         try:
-            peer = await asyncio.to_thread(starting.start, identity, home, listen)
+            # On the event loop's own thread: forking hivemind's process from a worker thread of a busy
+            # process (a node in a view, in a test) crashed the child with SIGSEGV. Start-up blocks the
+            # loop for the second or so the DHT takes to come up.
+            peer = starting.start(identity, home, listen)
             p2p = await peer.dht.replicate_p2p()
             seeder = Seeder(p2p)
             await seeder.start()
